@@ -34,3 +34,15 @@ run: install  ## execute every notebook headless into build/ (FAST=1 for the qui
 
 clean:
 	rm -rf build .pytest_cache
+
+.PHONY: student slides browser
+
+student: install  ## student editions in build/student/: solutions replaced by their stubs, no outputs
+	$(BIN)/python tools/editions.py student notebooks build/student
+
+slides: install  ## HTML slides in build/slides/ that open offline (EXECUTE=1 runs the labs first, for figures)
+	COURSE_FAST=$(FAST) $(BIN)/python tools/editions.py slides notebooks build/slides $(if $(filter 1,$(EXECUTE)),--execute)
+
+browser: install  ## the widget tests alone: JupyterLab driven in Chromium, screenshots in build/screenshots/
+	.ci/install-chromium
+	COURSE_FAST=1 $(BIN)/python -m pytest -q tests/browser

@@ -1,0 +1,209 @@
+"""Convolution and pooling by hand, on plain NumPy arrays (lab 3).
+
+Deep-learning "convolution" is cross-correlation: slide a small kernel over the image and, at
+every stop, multiply element by element and add up. This module writes that down twice: first
+with loops that read like the lecture slides (`conv2d`, `max_pool2d`), then vectorised with
+`sliding_window_view` (`conv2d_fast`, `max_pool2d_fast`), which gives the same numbers much
+faster. `conv2d_multi` adds channels and several filters, `conv_transpose2d` runs the operation
+backwards (and shows where checkerboard artefacts come from), and `conv_explorer` is a small
+ipywidgets app to try kernels, strides and paddings on a real image.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+KERNELS: dict[str, np.ndarray] = {
+    "identity": np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float64),
+    "vertical edge": np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], dtype=np.float64),
+    "horizontal edge": np.array([[1, 1, 1], [0, 0, 0], [-1, -1, -1]], dtype=np.float64),
+    "sobel x": np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float64),
+    "sobel y": np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64),
+    "blur": np.full((3, 3), 1 / 9),
+    "gaussian blur": np.outer([1, 2, 1], [1, 2, 1]) / 16.0,
+    "sharpen": np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float64),
+    "outline": np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=np.float64),
+}
+"""Classic 3x3 filters by name: the hand-made ancestors of the filters a CNN learns."""
+
+
+def output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
+    """Output length along one axis: floor((n + 2 * padding - f) / stride) + 1.
+
+    `n` is the input size, `f` the kernel (or pooling window) size. Raises a ValueError when the
+    kernel does not fit into the padded input, instead of returning a size of zero or less.
+    """
+    if stride < 1 or padding < 0:
+        raise ValueError(f"need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    if f > n + 2 * padding:
+        raise ValueError(f"a kernel of size {f} does not fit into an input of size {n} with "
+                         f"padding {padding}; use a smaller kernel or more padding")
+    return (n + 2 * padding - f) // stride + 1
+
+
+def _check_2d(image: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Turn both inputs into float arrays and insist that they are 2-D."""
+    image, kernel = np.asarray(image, dtype=np.float64), np.asarray(kernel, dtype=np.float64)
+    if image.ndim != 2 or kernel.ndim != 2:
+        raise ValueError(f"conv2d works on 2-D arrays [H, W]; got image {image.shape} and kernel "
+                         f"{kernel.shape}. For channels use conv2d_multi(image [C,H,W], kernels [F,C,k,k]).")
+    return image, kernel
+
+
+def conv2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Cross-correlate a 2-D `image` [H, W] with a 2-D `kernel` [kh, kw], written with loops.
+
+    The image is zero-padded by `padding` pixels on every side, then the kernel visits every
+    `stride`-th position; each output pixel is sum(window * kernel). Returns a float array
+    [H', W'] with H' = output_size(H, kh, padding, stride) (same for W).
+    """
+    image, kernel = _check_2d(image, kernel)
+    kh, kw = kernel.shape
+    out_h = output_size(image.shape[0], kh, padding, stride)
+    out_w = output_size(image.shape[1], kw, padding, stride)
+    padded = np.pad(image, padding)  # [H + 2p, W + 2p]
+    out = np.zeros((out_h, out_w))  # [H', W']
+    for i in range(out_h):
+        for j in range(out_w):
+            window = padded[i * stride:i * stride + kh, j * stride:j * stride + kw]  # [kh, kw]
+            out[i, j] = np.sum(window * kernel)
+    return out
+
+
+def conv2d_fast(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The same as `conv2d`, vectorised: all windows at once with `sliding_window_view`.
+
+    `sliding_window_view` gives a [H'', W'', kh, kw] view of every window without copying;
+    slicing with the stride keeps every `stride`-th one, and `einsum` multiplies each window by
+    the kernel and sums. Returns [H', W'], identical to `conv2d` up to float rounding.
+    """
+    image, kernel = _check_2d(image, kernel)
+    output_size(image.shape[0], kernel.shape[0], padding, stride)  # validates the sizes
+    output_size(image.shape[1], kernel.shape[1], padding, stride)
+    padded = np.pad(image, padding)  # [H + 2p, W + 2p]
+    windows = sliding_window_view(padded, kernel.shape)[::stride, ::stride]  # [H', W', kh, kw]
+    return np.einsum("ijkl,kl->ij", windows, kernel)  # [H', W']
+
+
+def max_pool2d(image: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
+    """Max pooling of a 2-D `image` [H, W] with a `size` x `size` window, written with loops.
+
+    Each output pixel is the largest value of its window; windows start every `stride` pixels.
+    Returns [H', W'] with H' = output_size(H, size, 0, stride).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"max_pool2d works on 2-D arrays [H, W]; got shape {image.shape}")
+    out_h, out_w = output_size(image.shape[0], size, 0, stride), output_size(image.shape[1], size, 0, stride)
+    out = np.zeros((out_h, out_w), dtype=image.dtype)  # [H', W']
+    for i in range(out_h):
+        for j in range(out_w):
+            out[i, j] = image[i * stride:i * stride + size, j * stride:j * stride + size].max()
+    return out
+
+
+def max_pool2d_fast(image: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
+    """The same as `max_pool2d`, vectorised with `sliding_window_view`: [H, W] -> [H', W']."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"max_pool2d_fast works on 2-D arrays [H, W]; got shape {image.shape}")
+    output_size(image.shape[0], size, 0, stride)  # validates the sizes
+    output_size(image.shape[1], size, 0, stride)
+    windows = sliding_window_view(image, (size, size))[::stride, ::stride]  # [H', W', size, size]
+    return windows.max(axis=(2, 3))  # [H', W']
+
+
+def conv2d_multi(image: np.ndarray, kernels: np.ndarray, bias: np.ndarray | None = None,
+                 stride: int = 1, padding: int = 0) -> np.ndarray:
+    """A convolutional layer's forward pass: `image` [C, H, W], `kernels` [F, C, kh, kw] -> [F, H', W'].
+
+    Every filter spans all C input channels: it is convolved with each channel and the C results
+    are added (plus `bias[f]`), giving one output channel per filter. This is what
+    `torch.nn.Conv2d` computes for one image (without the batch axis).
+    """
+    image, kernels = np.asarray(image, dtype=np.float64), np.asarray(kernels, dtype=np.float64)
+    if image.ndim != 3 or kernels.ndim != 4 or kernels.shape[1] != image.shape[0]:
+        raise ValueError(f"need image [C, H, W] and kernels [F, C, kh, kw] with the same C; got "
+                         f"{image.shape} and {kernels.shape}")
+    padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)))  # [C, H+2p, W+2p]
+    windows = sliding_window_view(padded, kernels.shape[2:], axis=(1, 2))[:, ::stride, ::stride]  # [C, H', W', kh, kw]
+    out = np.einsum("cijkl,fckl->fij", windows, kernels)  # [F, H', W']
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float64)[:, None, None]  # [F, H', W']
+    return out
+
+
+def conv_transpose2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Transposed convolution of a 2-D `image` [H, W] with `kernel` [kh, kw], written with loops.
+
+    Runs a convolution backwards: every input pixel stamps a copy of the kernel, scaled by its
+    value, onto the output, `stride` pixels apart; where stamps overlap they add up. Output is
+    [(H - 1) * stride + kh - 2 * padding, ...] (`padding` crops the border, as in PyTorch's
+    `conv_transpose2d`). When kh is not a multiple of the stride, some output pixels receive more
+    stamps than others: the checkerboard artefact.
+    """
+    image, kernel = _check_2d(image, kernel)
+    kh, kw = kernel.shape
+    h, w = image.shape
+    out = np.zeros(((h - 1) * stride + kh, (w - 1) * stride + kw))  # [H_full, W_full]
+    for i in range(h):
+        for j in range(w):
+            out[i * stride:i * stride + kh, j * stride:j * stride + kw] += image[i, j] * kernel
+    if padding:
+        out = out[padding:-padding, padding:-padding]  # [H_full - 2p, W_full - 2p]
+    return out
+
+
+def upsample_nearest(image: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Nearest-neighbour upsampling: repeat every pixel `factor` x `factor` times, [H, W] -> [H*f, W*f]."""
+    return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
+
+
+def _to_png(array: np.ndarray) -> bytes:
+    """Min-max scale a 2-D array to 0..255 and encode it as PNG bytes (for an ipywidgets Image)."""
+    from PIL import Image
+
+    low, high = float(array.min()), float(array.max())
+    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    buffer = io.BytesIO()
+    Image.fromarray((scaled * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def conv_explorer(image: np.ndarray, kernels: dict[str, np.ndarray] | None = None) -> ipywidgets.VBox:
+    """An ipywidgets app: pick a kernel, a stride and a padding with sliders, see the output.
+
+    `image` is a 2-D grayscale array [H, W]. Returns an `ipywidgets.VBox` holding three sliders
+    (kernel, stride, padding), the input and output images side by side, and a text line
+    `output shape: (H', W')` that updates with every slider move. Display it in a notebook cell
+    (it is also usable without a browser: change `box.children[0].value` and read the text).
+    """
+    import ipywidgets as widgets
+
+    kernels = kernels or KERNELS
+    image = np.asarray(image, dtype=np.float64)
+    kernel_slider = widgets.SelectionSlider(options=list(kernels), value=next(iter(kernels)),
+                                            description="kernel", continuous_update=False)
+    stride_slider = widgets.IntSlider(value=1, min=1, max=4, description="stride", continuous_update=False)
+    padding_slider = widgets.IntSlider(value=0, min=0, max=4, description="padding", continuous_update=False)
+    shape_text = widgets.HTML()
+    size = {"width": "256px", "height": "256px"}
+    before = widgets.Image(value=_to_png(image), format="png", layout=size)
+    after = widgets.Image(format="png", layout=size)
+
+    def update(_change: object = None) -> None:
+        out = conv2d_fast(image, kernels[kernel_slider.value], stride_slider.value, padding_slider.value)  # [H', W']
+        after.value = _to_png(out)
+        shape_text.value = f"input shape: {image.shape} &rarr; <b>output shape: {out.shape}</b>"
+
+    for slider in (kernel_slider, stride_slider, padding_slider):
+        slider.observe(update, names="value")
+    update()
+    return widgets.VBox([kernel_slider, stride_slider, padding_slider, widgets.HBox([before, after]), shape_text])

@@ -1,0 +1,353 @@
+"""Every figure the labs show. Each function draws one figure and returns it.
+
+Images may be PyTorch tensors or NumPy arrays, a batch [N, 3, H, W], [N, 1, H, W], [N, H, W]
+or [N, H, W, 3], values in [0, 1] (floats), 0..255 (uint8), or anything else (e.g. normalised
+images: rescaled to [0, 1] per image for display). For one image pass `image[None]`.
+
+Sections: style | image conversion | images | training | inside a CNN | anomaly detection.
+Labs that need a new figure append a function in a new section at the end of the file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from course_utils.metrics import image_auroc, roc_points
+
+# --------------------------------------------------------------------------------------------
+# Style
+# --------------------------------------------------------------------------------------------
+
+_PRESENTATION = {"font.size": 16, "axes.titlesize": 18, "axes.labelsize": 16,
+                 "xtick.labelsize": 14, "ytick.labelsize": 14, "legend.fontsize": 14,
+                 "figure.titlesize": 20, "lines.linewidth": 2.5, "figure.dpi": 110}
+_saved_style: dict = {}
+_scale = 1.0  # figure-size factor: 1 for notebooks, larger for the lecture hall
+
+
+def presentation_style(on: bool = True) -> None:
+    """Switch large fonts, thick lines and 1.5x larger figures on (for lectures) or back off."""
+    global _scale
+    if on and not _saved_style:
+        _saved_style.update({key: plt.rcParams[key] for key in _PRESENTATION})
+        plt.rcParams.update(_PRESENTATION)
+    elif not on and _saved_style:
+        plt.rcParams.update(_saved_style)
+        _saved_style.clear()
+    _scale = 1.5 if on else 1.0
+
+
+def _figure(nrows: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure with a grid of axes [nrows, ncols], each cell `cell` inches (times the style's scale)."""
+    size = (ncols * cell[0] * _scale, nrows * cell[1] * _scale)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    return fig, axes
+
+
+def _grid(n: int, ncols: int, cell: tuple[float, float] = (1.6, 1.6)) -> tuple[Figure, list]:
+    """A figure with exactly `n` axes laid out `ncols` wide (the unused cells are removed)."""
+    ncols = max(1, min(ncols, n))
+    fig, axes = _figure(math.ceil(n / ncols), ncols, cell)
+    axes = list(axes.ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    for ax in axes[:n]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# Image conversion: tensors or arrays in, displayable NumPy images out
+# --------------------------------------------------------------------------------------------
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
+def _as_images(images) -> np.ndarray:
+    """A batch of images as float [N, H, W] (gray) or [N, H, W, 3] (colour) in [0, 1]."""
+    x = _numpy(images)
+    if x.ndim == 2:
+        x = x[None]  # [1, H, W]
+    if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[0] not in (3, 4):
+        x = x[None]  # one HWC image: [1, H, W, C]
+    channels_last = x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
+    if x.ndim == 4 and not channels_last:
+        x = x.transpose(0, 2, 3, 1)  # CHW -> HWC: [N, H, W, C]
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4):
+        x = x[..., :3] if x.shape[-1] >= 3 else x[..., 0]  # drop alpha / the single channel
+    if x.ndim != 3 and not (x.ndim == 4 and x.shape[-1] == 3):
+        raise ValueError(f"Cannot show images of shape {_numpy(images).shape}: expected "
+                         "[N, 3, H, W], [N, 1, H, W], [N, H, W] or [N, H, W, 3].")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255
+    x = x.astype(np.float32)
+    if x.min() < 0 or x.max() > 1:  # e.g. normalised images: stretch each to [0, 1]
+        low = x.min(axis=tuple(range(1, x.ndim)), keepdims=True)
+        high = x.max(axis=tuple(range(1, x.ndim)), keepdims=True)
+        x = (x - low) / np.maximum(high - low, 1e-8)
+    return x
+
+
+def _as_maps(maps) -> np.ndarray:
+    """Per-pixel maps (anomaly maps, masks) as float [N, H, W]; [N, 1, H, W] is squeezed."""
+    x = _numpy(maps).astype(np.float32)
+    x = x[:, 0] if x.ndim == 4 and x.shape[1] == 1 else x
+    x = x[None] if x.ndim == 2 else x
+    if x.ndim != 3:
+        raise ValueError(f"Expected maps [N, H, W] or [N, 1, H, W], got {x.shape}.")
+    return x
+
+
+def _imshow(ax, image: np.ndarray, **kwargs) -> None:
+    """Show one gray [H, W] or colour [H, W, 3] image in [0, 1] without interpolation blur."""
+    if image.ndim == 2:
+        kwargs = {"cmap": "gray", "vmin": 0, "vmax": 1, **kwargs}
+    ax.imshow(image, interpolation="nearest", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+def show_images(images, titles: Sequence[str] | None = None, ncols: int = 8,
+                title_colors: Sequence[str] | None = None, suptitle: str | None = None) -> Figure:
+    """A grid of images [N, ...] with an optional title under each (e.g. class names).
+
+    `title_colors` colours each title (e.g. green for right, red for wrong predictions).
+    The figure has exactly N axes.
+    """
+    x = _as_images(images)
+    if titles is not None and len(titles) != len(x):
+        raise ValueError(f"Got {len(titles)} titles for {len(x)} images.")
+    fig, axes = _grid(len(x), ncols)
+    for i, ax in enumerate(axes):
+        _imshow(ax, x[i])
+        if titles is not None:
+            color = title_colors[i] if title_colors is not None else "black"
+            ax.set_title(str(titles[i]), fontsize="small", color=color)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_pixel_values(image, fmt: str | None = None, title: str | None = None) -> Figure:
+    """A small grayscale image [H, W] (or [1, H, W]) with each pixel's value written on it.
+
+    Values are written as given (e.g. 0..16 for scikit-learn digits); the text is white on dark
+    cells and black on bright ones. `fmt` defaults to integers for whole numbers, else 2 decimals.
+    """
+    values = _numpy(image)
+    if values.ndim == 3 and 1 in (values.shape[0], values.shape[-1]):
+        values = values[0] if values.shape[0] == 1 else values[..., 0]  # [H, W]
+    if values.ndim != 2:
+        raise ValueError(f"show_pixel_values needs one grayscale image [H, W], got {values.shape}.")
+    if max(values.shape) > 32:
+        raise ValueError(f"An image of {values.shape} has too many pixels to label: crop it.")
+    fmt = fmt or ("{:.0f}" if np.all(np.mod(values, 1) == 0) else "{:.2f}")
+    low, high = float(values.min()), float(values.max())
+    shade = (values - low) / max(high - low, 1e-8)  # [H, W] in [0, 1]
+    fig, axes = _figure(1, 1, (0.5 * values.shape[1], 0.5 * values.shape[0]))
+    ax = axes[0, 0]
+    ax.imshow(shade, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize="small",
+                color="black" if shade[row, col] > 0.5 else "white")
+    ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def plot_history(history) -> Figure:
+    """Training curves of a `course_utils.train.History` (or a dict with the same keys).
+
+    One panel for train vs validation loss per epoch, one per validation metric; a dashed line
+    marks the best epoch.
+    """
+    get = history.get if isinstance(history, dict) else lambda key: getattr(history, key, None)
+    train, valid, metrics = get("train_loss") or [], get("valid_loss") or [], get("metrics") or {}
+    best = get("best_epoch")
+    fig, axes = _figure(1, 1 + len(metrics), (4.5, 3.2))
+    panels = [("loss", {"train": train, "valid": valid})]
+    panels += [(name, {"valid": values}) for name, values in metrics.items()]
+    for ax, (name, curves) in zip(axes[0], panels):
+        for label, values in curves.items():
+            if len(values):
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        if best is not None:
+            ax.axvline(best + 1, color="gray", linestyle="--", linewidth=1, label="best epoch")
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm, classes: Sequence[str], normalize: bool = False) -> Figure:
+    """A confusion matrix [K, K] (rows = true class, columns = predicted) with class names.
+
+    `normalize=True` shows each row as fractions (the per-class accuracy is on the diagonal).
+    """
+    cm = _numpy(cm).astype(np.float64)
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"Confusion matrix {cm.shape} does not match {len(classes)} classes.")
+    if normalize:
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, axes = _figure(1, 1, (0.55 * len(classes) + 2, 0.55 * len(classes) + 1.5))
+    ax = axes[0, 0]
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fmt = "{:.2f}" if normalize else "{:.0f}"
+    for (row, col), value in np.ndenumerate(cm):
+        ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize="small",
+                color="white" if value > cm.max() / 2 else "black")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Inside a CNN: filters and feature maps
+# --------------------------------------------------------------------------------------------
+
+def show_filters(weight, max_filters: int = 64, max_channels: int = 8) -> Figure:
+    """Convolution filters [out, in, k, k] (a tensor, or a layer with `.weight`).
+
+    With 3 input channels each filter is one RGB image (N = out axes); otherwise one gray image
+    per (filter, input channel), a row per filter (out x in axes, capped at `max_filters` rows
+    and `max_channels` columns). Each filter is stretched to its own min..max.
+    """
+    w = _numpy(getattr(weight, "weight", weight))
+    if w.ndim != 4:
+        raise ValueError(f"Filters must be [out, in, k, k], got {w.shape}.")
+    w = w[:max_filters]
+    low = w.min(axis=(1, 2, 3), keepdims=True)
+    w = (w - low) / np.maximum(w.max(axis=(1, 2, 3), keepdims=True) - low, 1e-8)  # [out, in, k, k]
+    if w.shape[1] == 3:
+        fig, axes = _grid(len(w), ncols=8, cell=(1.0, 1.0))
+        for ax, f in zip(axes, w):
+            _imshow(ax, f.transpose(1, 2, 0))  # [k, k, 3]
+        return fig
+    w = w[:, :max_channels]
+    fig, axes = _figure(w.shape[0], w.shape[1], (0.8, 0.8))
+    for (i, j), ax in np.ndenumerate(axes):
+        _imshow(ax, w[i, j])
+        ax.set_axis_off()
+    return fig
+
+
+def show_feature_maps(fmaps, ncols: int = 8, max_maps: int = 32, title: str | None = None) -> Figure:
+    """The channels of one feature map [C, H, W] (or the first of a batch [B, C, H, W]).
+
+    One axis per channel (up to `max_maps`), each with its own colour scale (viridis).
+    """
+    x = _numpy(fmaps)
+    x = x[0] if x.ndim == 4 else x  # [C, H, W]
+    if x.ndim != 3:
+        raise ValueError(f"Feature maps must be [C, H, W] or [B, C, H, W], got {x.shape}.")
+    x = x[:max_maps]
+    fig, axes = _grid(len(x), ncols, cell=(1.4, 1.4))
+    for c, ax in enumerate(axes):
+        ax.imshow(x[c], cmap="viridis", interpolation="nearest")
+        ax.set_title(f"ch {c}", fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly detection: reconstructions, anomaly maps, ROC curves
+# --------------------------------------------------------------------------------------------
+
+def show_reconstructions(inputs, recons, n: int = 8, errors: bool = True) -> Figure:
+    """The first `n` inputs (top row) above their reconstructions (middle row).
+
+    With `errors=True` a third row shows the error map |input - reconstruction| (mean over
+    channels, one colour scale for all). Inputs and reconstructions are [N, C, H, W] in [0, 1].
+    The figure has n x 2 (or n x 3) axes.
+    """
+    x, r = _numpy(inputs)[:n], _numpy(recons)[:n]
+    if x.shape != r.shape:
+        raise ValueError(f"inputs {x.shape} and reconstructions {r.shape} differ in shape.")
+    error = np.abs(x - r)
+    error = error.mean(axis=1) if error.ndim == 4 else error  # [n, H, W]
+    rows = [("input", _as_images(x)), ("reconstruction", _as_images(np.clip(r, 0, 1)))]
+    fig, axes = _figure(len(rows) + errors, len(x), (1.6, 1.6))
+    for row, (name, images) in enumerate(rows):
+        for i, ax in enumerate(axes[row]):
+            _imshow(ax, images[i])
+        axes[row, 0].set_title(name, loc="left", fontsize="small")
+    if errors:
+        for i, ax in enumerate(axes[2]):
+            ax.imshow(error[i], cmap="inferno", vmin=0, vmax=error.max(), interpolation="nearest")
+        axes[2, 0].set_title("|error|", loc="left", fontsize="small")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def show_anomaly_maps(images, maps, masks=None, titles: Sequence[str] | None = None,
+                      ncols: int = 6, alpha: float = 0.5, vmin: float | None = None,
+                      vmax: float | None = None) -> Figure:
+    """Anomaly heat-maps [N, h, w] over images [N, ...], with the ground-truth outline in green.
+
+    Maps may be smaller than the images (they are stretched to fit). All maps share one colour
+    scale (`vmin`..`vmax`, default: the range of all maps), so a calm map on a good image looks
+    calm. `masks` [N, H, W] are outlined with their 0.5 contour. N axes plus one colour bar.
+    """
+    x, m = _as_images(images), _as_maps(maps)
+    if len(x) != len(m):
+        raise ValueError(f"Got {len(x)} images but {len(m)} anomaly maps.")
+    gt = _as_maps(masks) if masks is not None else None
+    vmin = float(m.min()) if vmin is None else vmin
+    vmax = float(m.max()) if vmax is None else vmax
+    fig, axes = _grid(len(x), ncols, cell=(2.2, 2.3))
+    height, width = x.shape[1:3]
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # stretch a small map over the image
+    for i, ax in enumerate(axes):
+        _imshow(ax, x[i])
+        heat = ax.imshow(m[i], cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax, extent=extent,
+                         interpolation="bilinear")
+        if gt is not None and gt[i].max() > 0.5:
+            cols = np.linspace(0, width - 1, gt.shape[2])  # mask pixel -> image pixel
+            rows = np.linspace(0, height - 1, gt.shape[1])
+            ax.contour(cols, rows, gt[i], levels=[0.5], colors="lime", linewidths=1.2)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize="small")
+    fig.colorbar(heat, ax=axes, fraction=0.02, label="anomaly score")
+    return fig
+
+
+def plot_roc(curves: dict[str, tuple], title: str = "ROC") -> Figure:
+    """ROC curves of several methods, `{name: (labels [N], scores [N])}`, AUROC in the legend."""
+    fig, axes = _figure(1, 1, (4.5, 4.2))
+    ax = axes[0, 0]
+    for name, (labels, scores) in curves.items():
+        fpr, tpr = roc_points(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {image_auroc(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="chance (0.500)")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title,
+           xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig

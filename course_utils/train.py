@@ -1,0 +1,260 @@
+"""The plain PyTorch training loop of the course, small enough to read in one sitting.
+
+Every step is the five-step cycle of the slides: take a batch `(inputs, targets)`, forward,
+loss, `zero_grad` + backward, optimizer step. Around it: a validation pass after each epoch,
+a `History` of losses and metrics, optional mixed precision, checkpointing of the best model,
+early stopping and a progress bar. Autoencoders train with the same loop: their batches are
+`(x, x)` (e.g. `TensorDataset(x, x)`), so the loss compares the reconstruction with the input.
+
+    history = cu.train.fit(model, train_loader, valid_loader, epochs=10, device=device,
+                           metrics={"accuracy": cu.metrics.accuracy})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from course_utils.device import autocast
+
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+"""A metric takes all validation outputs and targets, e.g. logits [N, C] and labels [N]."""
+
+
+@dataclass
+class History:
+    """What `fit` records, one entry per epoch.
+
+    `train_loss` and `valid_loss` are mean losses per sample, `metrics` maps each metric name to
+    its values on the validation set, `epoch_seconds` is the wall time of each epoch (training
+    plus validation) and `best_epoch` the 0-based epoch with the best monitored value (None
+    without validation data).
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.train_loss)
+
+    def last(self) -> dict[str, float]:
+        """The numbers of the latest epoch as a flat dict (what the progress bar shows)."""
+        row = {"train_loss": self.train_loss[-1]}
+        if self.valid_loss:
+            row["valid_loss"] = self.valid_loss[-1]
+        row.update({name: values[-1] for name, values in self.metrics.items()})
+        return row
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation
+# --------------------------------------------------------------------------------------------
+
+def _to(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move one tensor to `device` (asynchronously from pinned memory)."""
+    return batch.to(device, non_blocking=True)
+
+
+def _amp(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in `amp_dtype` (bf16/fp16), or plain fp32 when `amp_dtype` is None."""
+    return autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    loss_fn: Callable, device: torch.device, *, scheduler=None,
+                    amp_dtype: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> float:
+    """Train `model` for one pass over `loader` and return the mean loss per sample.
+
+    Each batch is `(inputs [B, ...], targets [B, ...])`. The scheduler (if any) is stepped after
+    every batch, as one-cycle schedules expect (`OneCycleLR(..., total_steps=epochs *
+    len(loader))`). `scaler` is a `GradScaler`, needed for fp16 on a GPU only. The loss is summed
+    as a tensor, so the loop never waits for the GPU until the epoch ends.
+    """
+    model.train()
+    total, count = torch.zeros((), device=device), 0
+    for inputs, targets in loader:
+        inputs, targets = _to(inputs, device), _to(targets, device)
+        with _amp(device, amp_dtype):
+            loss = loss_fn(model(inputs), targets)  # [] mean over the batch
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not underflow to zero
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach() * len(inputs)
+        count += len(inputs)
+    return total.item() / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *,
+             loss_fn: Callable | None = None, metrics: dict[str, Metric] | None = None,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Evaluate `model` on `loader` of `(inputs, targets)`: mean loss and each metric.
+
+    Returns `{"loss": mean loss per sample, **{name: metric(outputs, targets)}}`; the metrics
+    see all outputs [N, ...] and targets [N, ...] of the loader at once, as float32 CPU tensors.
+    `loss_fn` defaults to cross-entropy.
+    """
+    model.eval()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    total, count = torch.zeros((), device=device), 0
+    outputs, targets_seen = [], []
+    for inputs, targets in loader:
+        inputs, targets = _to(inputs, device), _to(targets, device)
+        with _amp(device, amp_dtype):
+            out = model(inputs)  # [B, ...]
+            loss = loss_fn(out, targets)
+        total += loss.float() * len(inputs)
+        count += len(inputs)
+        if metrics:
+            outputs.append(out.float().cpu())
+            targets_seen.append(targets.cpu())
+    result = {"loss": total.item() / max(count, 1)}
+    if metrics:
+        out, tgt = torch.cat(outputs), torch.cat(targets_seen)  # [N, ...], [N, ...]
+        result.update({name: float(metric(out, tgt)) for name, metric in metrics.items()})
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, device: torch.device, *,
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Run `model` over `loader` and return all outputs concatenated on the CPU, [N, ...] float32.
+
+    Batches may be `(inputs, targets)` (targets are ignored) or bare input tensors.
+    """
+    model.eval()
+    outputs = []
+    for batch in loader:
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with _amp(device, amp_dtype):
+            outputs.append(model(_to(inputs, device)).float().cpu())  # [B, ...]
+    return torch.cat(outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+def save_checkpoint(model: nn.Module, path: str | Path, **extra) -> Path:
+    """Save the model's weights (its `state_dict`) and any `extra` values to `path`.
+
+    `extra` holds plain values (numbers, strings, lists, dicts, tensors), e.g. `epoch=3,
+    valid_loss=0.41`. Parent folders are created. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), **extra}, path)
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Load weights saved by `save_checkpoint` into `model` (in place); return the extra values.
+
+    The weights are mapped onto the device the model is on. A checkpoint from a different
+    architecture raises an error that says so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}: train with fit(..., checkpoint="
+                                f"'{path}') or save_checkpoint(model, '{path}') first.")
+    device = next(model.parameters(), torch.empty(0)).device
+    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state.pop("model"))
+    except RuntimeError as error:
+        raise RuntimeError(f"The checkpoint {path} was saved from a different model "
+                           f"architecture than {type(model).__name__}:\n{error}") from None
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The full loop
+# --------------------------------------------------------------------------------------------
+
+def _improved(value: float, best: float | None, monitor: str) -> bool:
+    """Lower is better for losses, higher for every other metric."""
+    if best is None:
+        return not math.isnan(value)
+    return value < best if monitor == "loss" else value > best
+
+
+def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None = None, *,
+        epochs: int, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable | None = None, scheduler=None, amp_dtype: torch.dtype | None = None,
+        metrics: dict[str, Metric] | None = None, checkpoint: str | Path | None = None,
+        patience: int | None = None, monitor: str = "loss", progress: bool = True) -> History:
+    """Train `model` for `epochs` epochs on `train_loader`, validating on `valid_loader`.
+
+    Defaults: `optimizer` Adam(lr=1e-3), `loss_fn` cross-entropy, fp32 (`amp_dtype=torch.bfloat16`
+    or `torch.float16` turns on mixed precision; fp16 on CUDA gets a GradScaler). `scheduler` is
+    stepped after every batch (one-cycle style). `metrics` maps names to `metric(outputs,
+    targets) -> float`, computed on the validation set. With validation data, the best epoch is
+    judged by `monitor` (`"loss"`: lowest validation loss; a metric name: highest value);
+    `checkpoint` saves the best weights to that path and loads them back at the end; `patience`
+    stops training after that many epochs without improvement. The model is moved to `device`.
+    Returns the `History`.
+    """
+    if (checkpoint is not None or patience is not None) and valid_loader is None:
+        raise ValueError("checkpoint= and patience= judge the model on validation data: "
+                         "pass valid_loader as well.")
+    if monitor != "loss" and monitor not in (metrics or {}):
+        raise ValueError(f"monitor={monitor!r} is not 'loss' nor one of the metrics "
+                         f"{sorted(metrics or {})}.")
+    model.to(device)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    history, best, waited = History(metrics={name: [] for name in metrics or {}}), None, 0
+
+    from tqdm.auto import tqdm  # imported here: only fit shows a progress bar
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    for epoch in bar:
+        start = time.perf_counter()
+        history.train_loss.append(train_one_epoch(model, train_loader, optimizer, loss_fn, device,
+                                                  scheduler=scheduler, amp_dtype=amp_dtype,
+                                                  scaler=scaler))
+        if valid_loader is not None:
+            result = evaluate(model, valid_loader, device, loss_fn=loss_fn, metrics=metrics,
+                              amp_dtype=amp_dtype)
+            history.valid_loss.append(result.pop("loss"))
+            for name, value in result.items():
+                history.metrics[name].append(value)
+        history.epoch_seconds.append(time.perf_counter() - start)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in history.last().items()})
+
+        if valid_loader is None:
+            continue
+        value = history.valid_loss[-1] if monitor == "loss" else history.metrics[monitor][-1]
+        if _improved(value, best, monitor):
+            best, waited, history.best_epoch = value, 0, epoch
+            if checkpoint is not None:
+                save_checkpoint(model, checkpoint, epoch=epoch, monitor=monitor, value=value)
+        else:
+            waited += 1
+            if patience is not None and waited >= patience:
+                if progress:
+                    bar.write(f"early stop: no improvement of {monitor} for {patience} epochs")
+                break
+    bar.close()
+    if checkpoint is not None and history.best_epoch is not None:
+        load_checkpoint(model, checkpoint)  # back to the best epoch's weights
+    return history

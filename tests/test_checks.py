@@ -1,0 +1,107 @@
+"""course_utils.checks: every checker accepts the solution, rejects the stub and a wrong answer, never raises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from course_utils import checks, conv
+
+
+def stub(*args):
+    """What a student edition holds before the exercise is done: `return None`."""
+    return None
+
+
+def crashes(*args):
+    raise IndexError("index 9 is out of bounds")
+
+
+def my_output_size(n, f, padding, stride):
+    return (n + 2 * padding - f) // stride + 1
+
+
+def my_max_pool(image, size, stride):
+    return conv.max_pool2d_fast(image, size, stride)
+
+
+# (checker, solution, wrong answer): the wrong answers are the mistakes students make.
+CASES = {
+    "standardize": (checks.check_standardize, checks.reference_standardize,
+                    lambda im, m, s: (im / 255.0 - np.asarray(m)) / np.asarray(s)),  # float64, not float32
+    "standardize_no_scaling": (checks.check_standardize, checks.reference_standardize,
+                               lambda im, m, s: ((im - np.asarray(m)) / np.asarray(s)).astype(np.float32)),
+    "dense_params": (checks.check_dense_params, checks.reference_dense_params, lambda h, w, c, n: h * w * c * n),
+    "pairwise": (checks.check_pairwise_sq_distances, checks.reference_pairwise_sq_distances,
+                 lambda a, b: np.sqrt(checks.reference_pairwise_sq_distances(a, b))),
+    "neuron": (checks.check_neuron_gradient, checks.reference_neuron_gradient, lambda x, y, w, b: (2 * (y - w * x - b) * x, 2 * (y - w * x - b))),
+    "relu": (checks.check_relu_backward, checks.reference_relu_backward, lambda x, g: g * (x >= 0)),
+    "softmax_ce": (checks.check_softmax_cross_entropy_grad, checks.reference_softmax_cross_entropy_grad,
+                   lambda z, y: checks.reference_softmax_cross_entropy_grad(z, y) * len(y)),  # forgot the mean
+    "dense_backward": (checks.check_dense_backward, checks.reference_dense_backward,
+                       lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0))),
+    "output_size": (checks.check_output_size, my_output_size, lambda n, f, p, s: (n + p - f) // s + 1),
+    "conv2d": (checks.check_conv2d, conv.conv2d, lambda im, k: conv.conv2d(im, k[::-1, ::-1])),  # true convolution
+    "max_pool": (checks.check_max_pool2d, my_max_pool, lambda im, size, stride: conv.max_pool2d(im, size, 1)),
+    "horizontal_edge": (checks.check_horizontal_edge_kernel, conv.KERNELS["sobel y"], conv.KERNELS["vertical edge"]),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_checker_accepts_solution_rejects_stub_and_wrong(name, capsys):
+    checker, solution, wrong = CASES[name]
+    assert checker(solution) is True
+    assert "✅" in capsys.readouterr().out
+    assert checker(None) is False
+    assert checks.NOT_SOLVED in capsys.readouterr().out
+    if callable(solution):
+        assert checker(stub) is False
+        assert checks.NOT_SOLVED in capsys.readouterr().out
+        assert checker(crashes) is False
+        assert "IndexError" in capsys.readouterr().out
+    assert checker(wrong) is False
+    out = capsys.readouterr().out
+    assert "❌" in out and "hint:" in out
+
+
+def test_horizontal_edge_kernel_accepts_other_valid_kernels_and_explains(capsys):
+    assert checks.check_horizontal_edge_kernel(-conv.KERNELS["horizontal edge"])
+    assert checks.check_horizontal_edge_kernel(torch.tensor([[0.0, 0, 0], [1, 1, 1], [-1, -1, -1]]))
+    assert not checks.check_horizontal_edge_kernel(np.ones((3, 3)))
+    assert "flat image" in capsys.readouterr().out
+    assert not checks.check_horizontal_edge_kernel(np.eye(2))
+    assert "shape (2, 2)" in capsys.readouterr().out
+
+
+def test_problem_describes_shape_values_and_tuples():
+    assert checks.problem(np.ones((2, 3)), np.ones((2, 3))) is None
+    assert "shape (3, 2), expected (2, 3)" in checks.problem(np.ones((3, 2)), np.ones((2, 3)))
+    found = checks.problem(np.array([1.0, 2.0, 5.0]), np.array([1.0, 2.0, 3.0]))
+    assert "index (2,)" in found and "got 5" in found and "expected 3" in found
+    assert "result 1" in checks.problem((1.0, 2.0), (1.0, 3.0))
+    assert "tuple of 2" in checks.problem(1.0, (1.0, 3.0))
+    assert "NaN" in checks.problem(np.array([np.nan]), np.array([1.0]))
+    assert checks.problem(torch.ones(2, requires_grad=True), np.ones(2)) is None
+    assert "expected numbers" in checks.problem("five", 5)
+
+
+def test_report_returns_its_verdict(capsys):
+    assert checks.report(True, "fine", hint="unused") is True
+    assert checks.report(False, "broken", hint="try again") is False
+    out = capsys.readouterr().out
+    assert "✅ fine" in out and "❌ broken" in out and "hint: try again" in out and "unused" not in out
+
+
+def test_solved_or_reference_picks_the_right_one(capsys):
+    reference = checks.reference_relu_backward
+    assert checks.solved_or_reference(None, reference, "relu_backward") is reference
+    assert checks.solved_or_reference(stub, reference, "relu_backward", check=checks.check_relu_backward) is reference
+    assert "using the reference relu_backward" in capsys.readouterr().out
+    mine = lambda x, g: g * (x > 0)  # noqa: E731
+    assert checks.solved_or_reference(mine, reference, "relu_backward", check=checks.check_relu_backward) is mine
+    out = capsys.readouterr().out
+    assert out.strip() == "using your relu_backward"  # the checker itself stays quiet
+    assert checks.solved_or_reference(4_500_100, 4_500_100, "count") == 4_500_100
+    assert checks.solved_or_reference(4_500_000, 4_500_100, "count") == 4_500_100
+    assert checks.solved_or_reference(mine, reference, "relu_backward") is reference  # functions need a check

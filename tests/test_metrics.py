@@ -1,0 +1,123 @@
+"""Tests of course_utils.metrics against hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+
+from course_utils import metrics as m
+
+
+def test_accuracy_confusion_and_per_class():
+    logits = torch.tensor([[2.0, 0.1, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 1, 1, 2])
+    assert m.accuracy(logits, targets) == pytest.approx(0.5)
+    assert m.accuracy(np.array([0, 1, 2, 0]), [0, 1, 1, 2]) == pytest.approx(0.5)
+    cm = m.confusion_matrix(logits, targets, 3)  # rows true, columns predicted
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
+    assert cm.sum() == 4
+    per_class = m.per_class_accuracy(logits, targets, 4)
+    assert per_class[:3].tolist() == [1.0, 0.5, 0.0] and np.isnan(per_class[3])
+
+
+def test_classification_errors_are_clear():
+    with pytest.raises(ValueError, match="same length"):
+        m.accuracy(torch.zeros(3, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="n_classes"):
+        m.confusion_matrix([0, 5], [0, 1], 3)
+
+
+def rank_auc(labels, scores) -> float:
+    """AUROC by hand: the fraction of (anomalous, normal) pairs ranked right, ties count half."""
+    pos = [s for s, l in zip(scores, labels) if l == 1]
+    neg = [s for s, l in zip(scores, labels) if l == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_image_auroc_perfect_inverted_random_and_hand_computed():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    assert m.image_auroc(labels, labels + 0.1 * rng.random(2000)) == 1.0
+    assert m.image_auroc(labels, -labels - 0.1 * rng.random(2000)) == 0.0
+    assert m.image_auroc(labels, rng.random(2000)) == pytest.approx(0.5, abs=0.04)
+    small_labels, small_scores = [0, 0, 1, 1, 0, 1, 0], [0.1, 0.4, 0.35, 0.8, 0.35, 0.9, 0.2]
+    assert m.image_auroc(small_labels, small_scores) == pytest.approx(rank_auc(small_labels, small_scores))
+    assert m.image_auroc(torch.tensor(small_labels), torch.tensor(small_scores)) == pytest.approx(
+        rank_auc(small_labels, small_scores))
+
+
+def test_roc_points_and_single_class_error():
+    fpr, tpr = m.roc_points([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="only class"):
+        m.image_auroc([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="same length"):
+        m.image_auroc([0, 1], [0.1, 0.2, 0.3])
+
+
+def test_pixel_auroc_matches_the_rank_statistic_and_checks_input():
+    masks = np.zeros((2, 3, 3))
+    masks[0, 1, 1] = masks[1, 0, :2] = 1
+    maps = np.arange(18, dtype=float).reshape(2, 3, 3) % 7
+    expected = rank_auc(masks.ravel(), maps.ravel())
+    assert m.pixel_auroc(masks, maps) == pytest.approx(expected)
+    assert m.pixel_auroc(torch.tensor(masks)[:, None], torch.tensor(maps)[:, None]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no defect pixels"):
+        m.pixel_auroc(np.zeros((2, 3, 3)), maps)
+    with pytest.raises(ValueError, match="same shape"):
+        m.pixel_auroc(masks, maps[:, :2])
+
+
+def test_pixel_metrics_on_full_size_images():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((16, 256, 256), np.float32)
+    masks[8:, 100:140, 90:150] = 1
+    maps = rng.random(masks.shape, dtype=np.float32)
+    assert m.pixel_auroc(masks, maps + masks) == 1.0
+    assert m.pixel_auroc(masks, maps) == pytest.approx(0.5, abs=0.01)
+    assert m.pro_score(masks, maps, fpr_limit=0.3) == pytest.approx(0.15, abs=0.01)  # random: limit / 2
+
+
+def test_pro_score_on_a_hand_made_case():
+    # one image, two defect regions: a large one (8 px) found completely, a small one (2 px) half
+    masks = np.zeros((1, 4, 6))
+    masks[0, :2, :4] = 1  # region A, 8 px
+    masks[0, 3, 4:] = 1  # region B, 2 px
+    maps = np.zeros((1, 4, 6))
+    maps[0, :2, :4] = 1.0  # all of A
+    maps[0, 3, 4] = 1.0  # half of B
+    maps[0, 2, 0] = 1.0  # 1 false positive out of 14 normal pixels
+    fpr, pro = m.pro_curve(masks, maps)
+    # threshold 1.0: FPR = 1/14, PRO = mean(8/8, 1/2) = 0.75; threshold 0: everything
+    assert np.allclose(fpr, [0, 1 / 14, 1]) and np.allclose(pro, [0, 0.75, 1])
+    limit = 0.3
+    pro_at_limit = 0.75 + (limit - 1 / 14) / (1 - 1 / 14) * 0.25
+    area = 0.5 * (1 / 14) * 0.75 + 0.5 * (limit - 1 / 14) * (0.75 + pro_at_limit)
+    assert m.pro_score(masks, maps, fpr_limit=limit) == pytest.approx(area / limit)
+    assert m.pro_score(masks, masks, fpr_limit=limit) == pytest.approx(1.0)  # a perfect map
+    # PRO weighs regions equally: missing the small region B costs as much as missing big A
+    miss_b, miss_a = masks.copy(), masks.copy()
+    miss_b[0, 3, 4:], miss_a[0, :2, :4] = 0, 0
+    assert m.pro_score(masks, miss_b, limit) == pytest.approx(m.pro_score(masks, miss_a, limit))
+    assert m.pixel_auroc(masks, miss_b) > m.pixel_auroc(masks, miss_a)
+
+
+def test_thresholds_and_anomaly_confusion():
+    normal = np.arange(101, dtype=float)  # 0..100
+    assert m.threshold_from_normal(normal, 0.99) == pytest.approx(99.0)
+    assert m.threshold_from_normal(torch.tensor(normal), 0.5) == pytest.approx(50.0)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.9, 0.95])
+    threshold, f1 = m.f1_optimal_threshold(labels, scores)
+    # by hand: threshold 0.4 flags 0.4, 0.7, 0.8, 0.9, 0.95 -> tp 4, fp 1, fn 0 -> F1 = 8/9
+    assert threshold == pytest.approx(0.4) and f1 == pytest.approx(8 / 9)
+    cm = m.anomaly_confusion(labels, scores, threshold)
+    assert cm.tolist() == [[3, 1], [0, 4]]
+    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(f1)
+    with pytest.raises(ValueError, match="quantile"):
+        m.threshold_from_normal(normal, 1.5)
+    with pytest.raises(ValueError, match="only class"):
+        m.f1_optimal_threshold([0, 0], [0.1, 0.2])

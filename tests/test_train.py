@@ -1,0 +1,121 @@
+"""Tests of course_utils.train: the loop learns, checkpoints round-trip, early stopping stops."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from course_utils import metrics
+from course_utils.train import History, evaluate, fit, load_checkpoint, predict, save_checkpoint, train_one_epoch
+
+CPU = torch.device("cpu")
+
+
+def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two Gaussian blobs in 2-D, well separated: x [n, 2], y [n] in {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.5 + (y[:, None] * 2 - 1) * 2.0  # [n, 2]
+    return x, y
+
+
+def loaders(batch_size: int = 32):
+    train = DataLoader(TensorDataset(*blobs(256, 0)), batch_size=batch_size, shuffle=True)
+    valid = DataLoader(TensorDataset(*blobs(128, 1)), batch_size=64)
+    return train, valid
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_fit_learns_a_separable_problem():
+    train, valid = loaders()
+    history = fit(mlp(), train, valid, epochs=8, device=CPU, metrics={"accuracy": metrics.accuracy},
+                  progress=False)
+    assert isinstance(history, History) and len(history) == 8
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    assert history.valid_loss[-1] < history.valid_loss[0]
+    assert history.metrics["accuracy"][-1] >= 0.97
+    assert len(history.epoch_seconds) == 8 and all(s > 0 for s in history.epoch_seconds)
+    assert history.best_epoch == min(range(8), key=history.valid_loss.__getitem__)
+
+
+def test_train_one_epoch_reports_the_mean_sample_loss_and_steps_the_scheduler():
+    train, _ = loaders(batch_size=50)  # 256 samples: the last batch is smaller
+    model = mlp()
+    before = evaluate(model, train, CPU)["loss"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: loss must equal evaluate's
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loss = train_one_epoch(model, train, optimizer, nn.CrossEntropyLoss(), CPU, scheduler=scheduler)
+    assert loss == pytest.approx(before, rel=1e-5)
+    assert scheduler.last_epoch == len(train)  # stepped once per batch
+
+
+def test_bf16_autocast_on_cpu_still_learns():
+    train, valid = loaders()
+    history = fit(mlp(), train, valid, epochs=5, device=CPU, amp_dtype=torch.bfloat16,
+                  metrics={"accuracy": metrics.accuracy}, progress=False)
+    assert history.metrics["accuracy"][-1] >= 0.95
+    assert all(math.isfinite(v) for v in history.train_loss)
+
+
+def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
+    model, x = mlp(), torch.randn(10, 2)
+    path = save_checkpoint(model, tmp_path / "sub" / "net.pt", epoch=3, note="hello")
+    expected = model(x)
+    other = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+    assert not torch.equal(other(x), expected)
+    extra = load_checkpoint(other, path)
+    assert extra == {"epoch": 3, "note": "hello"}
+    assert torch.equal(other(x), expected)
+
+
+def test_load_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        load_checkpoint(mlp(), tmp_path / "missing.pt")
+    path = save_checkpoint(nn.Linear(3, 3), tmp_path / "linear.pt")
+    with pytest.raises(RuntimeError, match="different model architecture"):
+        load_checkpoint(mlp(), path)
+
+
+def test_early_stopping_stops_and_best_weights_come_back(tmp_path):
+    train, valid = loaders()
+    model = mlp()
+    # lr so large that training diverges after the first epoch: validation loss stops improving
+    optimizer = torch.optim.SGD(model.parameters(), lr=50.0)
+    history = fit(model, train, valid, epochs=30, device=CPU, optimizer=optimizer,
+                  checkpoint=tmp_path / "best.pt", patience=2, progress=False)
+    assert len(history) < 30
+    assert len(history) == history.best_epoch + 1 + 2  # stopped `patience` epochs after the best
+    best_loss = history.valid_loss[history.best_epoch]
+    assert evaluate(model, valid, CPU)["loss"] == pytest.approx(best_loss, rel=1e-5)
+    assert load_checkpoint(mlp(), tmp_path / "best.pt")["epoch"] == history.best_epoch
+
+
+def test_monitor_a_metric_and_bad_arguments():
+    train, valid = loaders()
+    history = fit(mlp(), train, valid, epochs=3, device=CPU, progress=False, monitor="accuracy",
+                  metrics={"accuracy": metrics.accuracy})
+    accuracy = history.metrics["accuracy"]
+    assert accuracy[history.best_epoch] == max(accuracy)
+    with pytest.raises(ValueError, match="valid_loader"):
+        fit(mlp(), train, epochs=1, device=CPU, patience=2, progress=False)
+    with pytest.raises(ValueError, match="monitor"):
+        fit(mlp(), train, valid, epochs=1, device=CPU, monitor="f1", progress=False)
+
+
+def test_predict_and_autoencoder_batches():
+    x, _ = blobs(70)
+    model = mlp()
+    out = predict(model, DataLoader(TensorDataset(x, x), batch_size=32), CPU)
+    assert out.shape == (70, 2) and torch.allclose(out, model(x), atol=1e-6)
+    assert torch.allclose(predict(model, DataLoader(x, batch_size=32), CPU), out)
+    autoencoder = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    loader = DataLoader(TensorDataset(x, x), batch_size=16, shuffle=True)
+    history = fit(autoencoder, loader, loader, epochs=6, device=CPU, loss_fn=nn.MSELoss(), progress=False,
+                  optimizer=torch.optim.Adam(autoencoder.parameters(), lr=1e-2))
+    assert history.valid_loss[-1] < 0.3 * history.valid_loss[0]
