@@ -48,6 +48,13 @@ def output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
     return (n + 2 * padding - f) // stride + 1
 
 
+def _output_shape(shape: tuple[int, ...], window: tuple[int, ...], padding: int, stride: int
+                  ) -> tuple[int, int]:
+    """(H', W') for an input of spatial `shape` [..., H, W] and a `window` [..., kh, kw]; validates."""
+    return (output_size(shape[-2], window[-2], padding, stride),
+            output_size(shape[-1], window[-1], padding, stride))
+
+
 def _check_2d(image: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Turn both inputs into float arrays and insist that they are 2-D."""
     image, kernel = np.asarray(image, dtype=np.float64), np.asarray(kernel, dtype=np.float64)
@@ -85,8 +92,7 @@ def conv2d_fast(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding:
     the kernel and sums. Returns [H', W'], identical to `conv2d` up to float rounding.
     """
     image, kernel = _check_2d(image, kernel)
-    output_size(image.shape[0], kernel.shape[0], padding, stride)  # validates the sizes
-    output_size(image.shape[1], kernel.shape[1], padding, stride)
+    _output_shape(image.shape, kernel.shape, padding, stride)  # validates the sizes
     padded = np.pad(image, padding)  # [H + 2p, W + 2p]
     windows = sliding_window_view(padded, kernel.shape)[::stride, ::stride]  # [H', W', kh, kw]
     return np.einsum("ijkl,kl->ij", windows, kernel)  # [H', W']
@@ -101,7 +107,7 @@ def max_pool2d(image: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"max_pool2d works on 2-D arrays [H, W]; got shape {image.shape}")
-    out_h, out_w = output_size(image.shape[0], size, 0, stride), output_size(image.shape[1], size, 0, stride)
+    out_h, out_w = _output_shape(image.shape, (size, size), 0, stride)
     out = np.zeros((out_h, out_w), dtype=image.dtype)  # [H', W']
     for i in range(out_h):
         for j in range(out_w):
@@ -114,8 +120,7 @@ def max_pool2d_fast(image: np.ndarray, size: int = 2, stride: int = 2) -> np.nda
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"max_pool2d_fast works on 2-D arrays [H, W]; got shape {image.shape}")
-    output_size(image.shape[0], size, 0, stride)  # validates the sizes
-    output_size(image.shape[1], size, 0, stride)
+    _output_shape(image.shape, (size, size), 0, stride)  # validates the sizes
     windows = sliding_window_view(image, (size, size))[::stride, ::stride]  # [H', W', size, size]
     return windows.max(axis=(2, 3))  # [H', W']
 
@@ -132,12 +137,21 @@ def conv2d_multi(image: np.ndarray, kernels: np.ndarray, bias: np.ndarray | None
     if image.ndim != 3 or kernels.ndim != 4 or kernels.shape[1] != image.shape[0]:
         raise ValueError(f"need image [C, H, W] and kernels [F, C, kh, kw] with the same C; got "
                          f"{image.shape} and {kernels.shape}")
+    _output_shape(image.shape, kernels.shape, padding, stride)  # validates the sizes
     padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)))  # [C, H+2p, W+2p]
     windows = sliding_window_view(padded, kernels.shape[2:], axis=(1, 2))[:, ::stride, ::stride]  # [C, H', W', kh, kw]
     out = np.einsum("cijkl,fckl->fij", windows, kernels)  # [F, H', W']
     if bias is not None:
         out = out + np.asarray(bias, dtype=np.float64)[:, None, None]  # [F, H', W']
     return out
+
+
+def _check_transposed(shape: tuple[int, int], window: tuple[int, int], padding: int, stride: int) -> None:
+    """Raise a clear ValueError unless stride >= 1 and `padding` leaves a non-empty output."""
+    full = min((shape[0] - 1) * stride + window[0], (shape[1] - 1) * stride + window[1])
+    if stride < 1 or padding < 0 or 2 * padding >= full:
+        raise ValueError(f"need stride >= 1 and 0 <= padding < {(full + 1) // 2} for image {shape} "
+                         f"and kernel {window}; got stride={stride}, padding={padding}")
 
 
 def conv_transpose2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
@@ -152,6 +166,7 @@ def conv_transpose2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, pad
     image, kernel = _check_2d(image, kernel)
     kh, kw = kernel.shape
     h, w = image.shape
+    _check_transposed(image.shape, kernel.shape, padding, stride)
     out = np.zeros(((h - 1) * stride + kh, (w - 1) * stride + kw))  # [H_full, W_full]
     for i in range(h):
         for j in range(w):
@@ -163,6 +178,9 @@ def conv_transpose2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, pad
 
 def upsample_nearest(image: np.ndarray, factor: int = 2) -> np.ndarray:
     """Nearest-neighbour upsampling: repeat every pixel `factor` x `factor` times, [H, W] -> [H*f, W*f]."""
+    if np.ndim(image) != 2 or factor < 1:
+        raise ValueError(f"upsample_nearest needs a 2-D array [H, W] and factor >= 1; got shape "
+                         f"{np.shape(image)} and factor {factor}")
     return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
 
 

@@ -28,6 +28,7 @@ def _numpy(x: ArrayLike) -> np.ndarray:
 
 
 def _same_length(a: np.ndarray, b: np.ndarray, names: str) -> None:
+    """Raise a ValueError naming `names` unless `a` and `b` have the same length."""
     if len(a) != len(b):
         raise ValueError(f"{names} must have the same length, got {len(a)} and {len(b)}.")
 

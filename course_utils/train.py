@@ -45,6 +45,7 @@ class History:
     best_epoch: int | None = None
 
     def __len__(self) -> int:
+        """The number of epochs recorded."""
         return len(self.train_loss)
 
     def last(self) -> dict[str, float]:
@@ -71,7 +72,8 @@ def _amp(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.Abst
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    loss_fn: Callable, device: torch.device, *, scheduler=None,
+                    loss_fn: Callable, device: torch.device, *,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     amp_dtype: torch.dtype | None = None,
                     scaler: torch.amp.GradScaler | None = None) -> float:
     """Train `model` for one pass over `loader` and return the mean loss per sample.
@@ -197,8 +199,10 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
 
 
 def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None = None, *,
-        epochs: int, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
-        loss_fn: Callable | None = None, scheduler=None, amp_dtype: torch.dtype | None = None,
+        epochs: int, device: torch.device | str, optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        amp_dtype: torch.dtype | None = None,
         metrics: dict[str, Metric] | None = None, checkpoint: str | Path | None = None,
         patience: int | None = None, monitor: str = "loss", progress: bool = True) -> History:
     """Train `model` for `epochs` epochs on `train_loader`, validating on `valid_loader`.
@@ -209,9 +213,12 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     targets) -> float`, computed on the validation set. With validation data, the best epoch is
     judged by `monitor` (`"loss"`: lowest validation loss; a metric name: highest value);
     `checkpoint` saves the best weights to that path and loads them back at the end; `patience`
-    stops training after that many epochs without improvement. The model is moved to `device`.
-    Returns the `History`.
+    stops training after that many epochs without improvement. The model is moved to `device`
+    (a `torch.device` or a string such as "cuda"). Returns the `History`.
     """
+    device = torch.device(device)
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
     if (checkpoint is not None or patience is not None) and valid_loader is None:
         raise ValueError("checkpoint= and patience= judge the model on validation data: "
                          "pass valid_loader as well.")

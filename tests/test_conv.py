@@ -53,6 +53,12 @@ def test_output_size_rejects_a_kernel_that_does_not_fit():
         conv.output_size(3, 5)
     with pytest.raises(ValueError, match="2-D"):
         conv.conv2d(np.ones((3, 4, 4)), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.conv2d_multi(np.ones((1, 2, 2)), np.ones((4, 1, 3, 3)))
+    with pytest.raises(ValueError, match="padding"):
+        conv.conv_transpose2d(np.ones((3, 3)), np.ones((2, 2)), stride=1, padding=2)
+    with pytest.raises(ValueError, match="2-D"):
+        conv.upsample_nearest(np.ones(3))
 
 
 @pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (3, 2)])

@@ -106,6 +106,14 @@ def test_monitor_a_metric_and_bad_arguments():
         fit(mlp(), train, epochs=1, device=CPU, patience=2, progress=False)
     with pytest.raises(ValueError, match="monitor"):
         fit(mlp(), train, valid, epochs=1, device=CPU, monitor="f1", progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(mlp(), train, valid, epochs=0, device=CPU, progress=False)
+
+
+def test_fit_accepts_a_device_name():
+    train, valid = loaders()
+    history = fit(mlp(), train, valid, epochs=1, device="cpu", progress=False)
+    assert len(history) == 1 and math.isfinite(history.valid_loss[0])
 
 
 def test_predict_and_autoencoder_batches():
