@@ -469,3 +469,84 @@ def check_feature_error(fn: Any) -> bool:
              (_lab56_tensors(0, (2, 5, 3, 3), (2, 5, 3, 3)), _lab56_tensors(1, (4, 16, 6, 8), (4, 16, 6, 8)))]
     return check_function(fn, cases, "feature_error",
                           "square the difference and average over the channel dimension (dim=1)", atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 4: CNN classification on CIFAR-10
+# ---------------------------------------------------------------------------------------------
+
+def reference_train_step(net: Any, inputs: Any, labels: Any, optimizer: Any, criterion: Callable) -> float:
+    """The slides' five steps on one batch: zero_grad, forward, loss, backward, step; returns the loss as a float."""
+    optimizer.zero_grad()
+    loss = criterion(net(inputs), labels)  # [] mean over the batch
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def check_train_step(fn: Any) -> bool:
+    """Exercise (lab 4): `train_step(net, inputs, labels, optimizer, criterion) -> float` (the batch's loss)."""
+    import copy
+
+    import torch
+
+    name, hint = "train_step", "optimizer.zero_grad(); loss = criterion(net(inputs), labels); loss.backward(); optimizer.step(); return loss.item()"
+    if not callable(fn):
+        return report(False, f"{name}: {NOT_SOLVED}", hint)
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))]
+    nets.append(copy.deepcopy(nets[0]))
+    inputs, labels = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 1, 0])
+    for p in nets[0].parameters():  # stale gradients that a missing zero_grad would add in
+        p.grad = torch.ones_like(p)
+    results = []
+    for net, step in zip(nets, (fn, reference_train_step)):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+        value, error = _call(step, [net, inputs, labels, optimizer, torch.nn.CrossEntropyLoss()])
+        if error:
+            return report(False, f"{name}: {error}", hint)
+        results.append(value)
+    if results[0] is None:
+        return report(False, f"{name}: {NOT_SOLVED} (it returned None)", hint)
+    found = problem(float(results[0]) if not hasattr(results[0], "shape") else results[0], results[1], atol=1e-5)
+    if found:
+        return report(False, f"{name}: the returned loss: {found}", hint)
+    found = problem(torch.cat([p.detach().flatten() for p in nets[0].parameters()]),
+                    torch.cat([p.detach().flatten() for p in nets[1].parameters()]), atol=1e-5)
+    if found:
+        return report(False, f"{name}: the weights after the step are wrong ({found}); did you zero the old gradients and call optimizer.step()?", hint)
+    return report(True, f"{name}: correct (loss and updated weights match)")
+
+
+def reference_smooth_labels(labels: Any, n_classes: int, eps: float) -> Any:
+    """Label smoothing: int labels [N] -> soft targets [N, K] = (1 - eps) * one_hot + eps / K."""
+    import torch
+
+    one_hot = torch.nn.functional.one_hot(labels, n_classes).float()  # [N, K]
+    return (1 - eps) * one_hot + eps / n_classes  # [N, K]
+
+
+def check_smooth_labels(fn: Any) -> bool:
+    """Exercise (lab 4): `smooth_labels(labels [N], n_classes, eps) -> [N, n_classes]`, rows sum to 1."""
+    import torch
+
+    cases = [((labels, k, eps), reference_smooth_labels(labels, k, eps))
+             for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2), (torch.tensor([1]), 2, 0.0)]]
+    return check_function(fn, cases, "smooth_labels",
+                          "one_hot(labels, K) * (1 - eps) + eps / K: the true class keeps 1 - eps + eps/K, every class gets eps/K")
+
+
+def reference_flip_tta(model: Callable, images: Any) -> Any:
+    """Flip test-time augmentation: mean of model(images) and model(images flipped left-right), [B, K]."""
+    return (model(images) + model(images.flip(-1))) / 2  # [B, K]
+
+
+def check_flip_tta(fn: Any) -> bool:
+    """Exercise (lab 4): `tta_logits(model, images [B,C,H,W]) -> [B,K]`, the mean over the image and its mirror."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 6)).requires_grad_(False)
+    cases = [((model, x), reference_flip_tta(model, x)) for x in (torch.randn(2, 3, 4, 5), torch.randn(7, 3, 4, 5))]
+    return check_function(fn, cases, "tta_logits",
+                          "a left-right mirror flips the last (width) axis: images.flip(-1); average the two logits")
