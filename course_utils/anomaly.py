@@ -7,10 +7,13 @@ turn maps into smoothed maps and image scores; the detectors below (PatchCore, P
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
@@ -54,16 +57,83 @@ def image_scores(maps: torch.Tensor, reduction: str = "max", top_k: float = 0.01
     raise ValueError(f"reduction must be 'max', 'mean' or 'topk', not {reduction!r}")
 
 
+# --- Labs 5-6: reconstruction scoring ---
+# An autoencoder trained on good images reproduces good images well and defects badly, so the
+# difference between input and reconstruction is an anomaly map. These helpers compute it for
+# pixels (squared error, SSIM) and for feature maps, and bring every map to the image's size.
+
+
+@torch.no_grad()
+def run_in_batches(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Apply `model` in eval mode to `inputs` [N, ...] in batches; outputs [N, ...] on the CPU.
+
+    Used for reconstructions (`ConvAutoencoder`: images in, images out) and for pretrained
+    features (`MultiLayerFeatures`: images in, feature maps out).
+    """
+    device = device or next(model.parameters()).device
+    model.eval().to(device)
+    outputs = [model(inputs[i:i + batch_size].to(device)).float().cpu()  # [b, ...]
+               for i in range(0, len(inputs), batch_size)]
+    return torch.cat(outputs)  # [N, ...]
+
+
+def reconstruction_error_map(images: torch.Tensor, recons: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per-pixel anomaly maps [N, H, W] from images and their reconstructions [N, C, H, W].
+
+    `kind="mse"`: squared error averaged over the colour channels; `"ssim"`: 1 - SSIM (high
+    where the local structure differs, even if the colours are close); `"l1"`: absolute error.
+    """
+    if images.shape != recons.shape:
+        raise ValueError(f"images {tuple(images.shape)} and reconstructions {tuple(recons.shape)} "
+                         "must have the same shape: did the autoencoder change the image size?")
+    if kind == "mse":
+        return ((images - recons) ** 2).mean(dim=1)  # [N, H, W]
+    if kind == "l1":
+        return (images - recons).abs().mean(dim=1)  # [N, H, W]
+    if kind == "ssim":
+        from course_utils.losses import ssim
+
+        return 1 - ssim(images, recons, reduction="none")  # [N, H, W]
+    raise ValueError(f"kind must be 'mse', 'l1' or 'ssim', not {kind!r}")
+
+
+def feature_error_map(features: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
+    """Anomaly maps [N, h, w] of a feature autoencoder: squared error per position, channel mean.
+
+    `features` and `recons` are [N, C, h, w] (standardised features and their reconstruction).
+    """
+    return ((features - recons) ** 2).mean(dim=1)  # [N, h, w]
+
+
+def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std [1, C, 1, 1] of feature maps [N, C, h, w] of good images.
+
+    Standardise with `(f - mean) / std` so that every channel counts alike in the feature error
+    (raw EfficientNet channels differ in scale by orders of magnitude).
+    """
+    mean = features.mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
+    std = features.std(dim=(0, 2, 3), keepdim=True) + 1e-6  # [1, C, 1, 1]
+    return mean, std
+
+
+def to_image_maps(maps: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
+    """Resize anomaly maps [N, h, w] to the image size [N, H, W] (bilinear) and smooth them.
+
+    `sigma` is the Gaussian blur in output pixels (0 = none). Image-level and pixel-level AUROC
+    are computed on these maps.
+    """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(maps, sigma)  # [N, H, W]
+
+
 # --- Lab 7: PatchCore and PaDiM ---
 # Neither detector trains anything. A pretrained CNN already describes every patch of an image;
 # PatchCore keeps a memory bank of the patches of good images and calls a patch anomalous when
 # its nearest neighbour in the bank is far away; PaDiM fits one Gaussian per patch position and
 # measures how many standard deviations (Mahalanobis distance) a patch lies from it.
-
-import contextlib  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-
-from torch import nn  # noqa: E402
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -340,75 +410,3 @@ class PaDiM(_PatchDetector):
         distances = mahalanobis_maps(features, self.mean, self.precision)  # [N, h, w]
         maps = self._to_image_maps(distances, images.shape[-2:])  # [N, H, W]
         return image_scores(maps, "max").cpu(), maps.cpu()
-
-
-# --- Labs 5-6: reconstruction scoring ---
-# An autoencoder trained on good images reproduces good images well and defects badly, so the
-# difference between input and reconstruction is an anomaly map. These helpers compute it for
-# pixels (squared error, SSIM) and for feature maps, and bring every map to the image's size.
-
-
-@torch.no_grad()
-def run_in_batches(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32,
-                   device: torch.device | None = None) -> torch.Tensor:
-    """Apply `model` in eval mode to `inputs` [N, ...] in batches; outputs [N, ...] on the CPU.
-
-    Used for reconstructions (`ConvAutoencoder`: images in, images out) and for pretrained
-    features (`MultiLayerFeatures`: images in, feature maps out).
-    """
-    device = device or next(model.parameters()).device
-    model.eval().to(device)
-    outputs = [model(inputs[i:i + batch_size].to(device)).float().cpu()  # [b, ...]
-               for i in range(0, len(inputs), batch_size)]
-    return torch.cat(outputs)  # [N, ...]
-
-
-def reconstruction_error_map(images: torch.Tensor, recons: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Per-pixel anomaly maps [N, H, W] from images and their reconstructions [N, C, H, W].
-
-    `kind="mse"`: squared error averaged over the colour channels; `"ssim"`: 1 - SSIM (high
-    where the local structure differs, even if the colours are close); `"l1"`: absolute error.
-    """
-    if images.shape != recons.shape:
-        raise ValueError(f"images {tuple(images.shape)} and reconstructions {tuple(recons.shape)} "
-                         "must have the same shape: did the autoencoder change the image size?")
-    if kind == "mse":
-        return ((images - recons) ** 2).mean(dim=1)  # [N, H, W]
-    if kind == "l1":
-        return (images - recons).abs().mean(dim=1)  # [N, H, W]
-    if kind == "ssim":
-        from course_utils.losses import ssim
-
-        return 1 - ssim(images, recons, reduction="none")  # [N, H, W]
-    raise ValueError(f"kind must be 'mse', 'l1' or 'ssim', not {kind!r}")
-
-
-def feature_error_map(features: torch.Tensor, recons: torch.Tensor) -> torch.Tensor:
-    """Anomaly maps [N, h, w] of a feature autoencoder: squared error per position, channel mean.
-
-    `features` and `recons` are [N, C, h, w] (standardised features and their reconstruction).
-    """
-    return ((features - recons) ** 2).mean(dim=1)  # [N, h, w]
-
-
-def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std [1, C, 1, 1] of feature maps [N, C, h, w] of good images.
-
-    Standardise with `(f - mean) / std` so that every channel counts alike in the feature error
-    (raw EfficientNet channels differ in scale by orders of magnitude).
-    """
-    mean = features.mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
-    std = features.std(dim=(0, 2, 3), keepdim=True) + 1e-6  # [1, C, 1, 1]
-    return mean, std
-
-
-def to_image_maps(maps: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
-    """Resize anomaly maps [N, h, w] to the image size [N, H, W] (bilinear) and smooth them.
-
-    `sigma` is the Gaussian blur in output pixels (0 = none). Image-level and pixel-level AUROC
-    are computed on these maps.
-    """
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(maps.shape[-2:]) != size:
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return gaussian_blur(maps, sigma)  # [N, H, W]

@@ -1,0 +1,211 @@
+"""Lab 4 benchmark: the slides' Net and the course's recipes on real CIFAR-10 images, side by side.
+
+    python benchmarks/cifar10.py --data ../shared/data/cifar10_test.npz
+
+The data (any source `cu.data.load_cifar10` accepts) is split 8,000 train / 2,000 validation with a
+fixed seed. In one run it measures:
+- `loop`:   the slides' Net, the tutorial's bare PyTorch loop vs `cu.train.fit` (same batches,
+            Adam(lr=1e-3), one epoch each, alternated `--rounds` times): images/s and their ratio;
+- `net`:    the slides' Net trained for `--net-budget` seconds: validation accuracy;
+- `recipe`: the course's best small network (`SpeedRunNet` + `train_speedrun`) for `--budget`
+            seconds: validation accuracy (flip TTA, EMA weights) and seconds;
+- `fastai`: the same network with fastai's `Learner.fit_one_cycle` (same epochs as `recipe` ran).
+One JSON line per run, then a summary line with the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import course_utils as cu  # noqa: E402
+from course_utils import models  # noqa: E402
+from course_utils.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_cifar10, make_loaders  # noqa: E402
+
+
+def emit(**row) -> dict:
+    """Print one JSON line and return it."""
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bare_loop_epoch(net: nn.Module, loader, optimizer, criterion) -> int:
+    """One epoch of the tutorial's loop (zero_grad, forward, loss, backward, step); returns images seen."""
+    seen = 0
+    for inputs, labels in loader:
+        optimizer.zero_grad()
+        outputs = net(inputs)
+        loss = criterion(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    return seen
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool = False) -> float:
+    """Validation accuracy of `model` on normalised images [N, 3, 32, 32] (optionally with flip TTA)."""
+    model.eval()
+    logits = torch.cat([models.flip_tta(model, x) if tta else model(x) for x in images.split(500)])
+    return cu.metrics.accuracy(logits, labels)
+
+
+def normalised(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> CIFAR-normalised float [N, 3, H, W]."""
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    x = (x.float() / 255 - mean) / std  # [N, 3, H, W]
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def run_loop(data: ImageData, args) -> dict:
+    """Bare loop vs cu.train.fit on the slides' Net: images/s of each, alternated to cancel noise."""
+    device = torch.device("cpu")
+    speeds = {"bare": [], "fit": []}
+    for round_ in range(args.rounds):
+        for name in (("bare", "fit") if round_ % 2 == 0 else ("fit", "bare")):
+            cu.seed_everything(round_)
+            net = models.Net()
+            train_loader, _ = make_loaders(data, batch_size=args.net_batch)
+            optimizer = torch.optim.Adam(net.parameters(), lr=0.001)
+            start = time.perf_counter()
+            if name == "bare":
+                seen = bare_loop_epoch(net, train_loader, optimizer, nn.CrossEntropyLoss())
+            else:
+                cu.train.fit(net, train_loader, epochs=1, device=device, optimizer=optimizer,
+                             loss_fn=nn.CrossEntropyLoss(), progress=False)
+                seen = len(data.train_y)
+            speeds[name].append(seen / (time.perf_counter() - start))
+    bare, fit = statistics.median(speeds["bare"]), statistics.median(speeds["fit"])
+    return emit(run="loop", model="Net", batch_size=args.net_batch, rounds=args.rounds,
+                bare_images_per_s=round(bare), fit_images_per_s=round(fit), ratio=round(fit / bare, 3))
+
+
+def run_net(data: ImageData, args) -> dict:
+    """The slides' Net (Adam 1e-3, cross-entropy) trained with the bare loop for --net-budget seconds."""
+    cu.seed_everything(0)
+    net = models.Net()
+    train_loader, _ = make_loaders(data, batch_size=args.net_batch)
+    optimizer, criterion = torch.optim.Adam(net.parameters(), lr=0.001), nn.CrossEntropyLoss()
+    start, epochs, steps = time.perf_counter(), 0.0, 0
+    while time.perf_counter() - start < args.net_budget:
+        net.train()
+        for inputs, labels in train_loader:
+            if time.perf_counter() - start >= args.net_budget:
+                break
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        epochs = steps / len(train_loader)
+    seconds = time.perf_counter() - start
+    acc = accuracy(net, normalised(data.valid_x), data.valid_y)
+    return emit(run="net", model="Net", epochs=round(epochs, 2), train_s=round(seconds, 1),
+                valid_accuracy=round(acc, 4))
+
+
+def run_recipe(data: ImageData, args) -> dict:
+    """SpeedRunNet + train_speedrun within --budget seconds; accuracy of the EMA weights with flip TTA."""
+    cu.seed_everything(0)
+    device = torch.device("cpu")
+    model = models.SpeedRunNet(args.widths)
+    start = time.perf_counter()
+    ema = models.train_speedrun(model, data.train_x, data.train_y, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                epochs=args.epochs, budget_s=args.budget, device=device,
+                                batch_size=args.batch, amp_dtype=args.amp)
+    seconds = time.perf_counter() - start
+    acc = accuracy(ema, normalised(data.valid_x, channels_last=True), data.valid_y, tta=True)
+    return emit(run="recipe", model=f"SpeedRunNet{args.widths}", epochs_max=args.epochs,
+                budget_s=args.budget, train_s=round(seconds, 1), amp=str(args.amp),
+                parameters=models.count_parameters(model), valid_accuracy=round(acc, 4))
+
+
+def run_fastai(data: ImageData, args) -> dict:
+    """The same network and epochs with fastai: DataLoaders from tensors, fit_one_cycle, label smoothing."""
+    from fastai.callback.core import Callback
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
+    from fastai.data.core import Datasets
+    from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
+    from fastai.learner import Learner
+    from fastai.losses import LabelSmoothingCrossEntropyFlat
+    from fastai.optimizer import SGD
+    from fastai.torch_core import TensorImage
+    from fastai.vision.augment import Flip
+
+    cu.seed_everything(0)
+    x, y = torch.cat([data.train_x, data.valid_x]), torch.cat([data.train_y, data.valid_y])
+    n_train = len(data.train_y)
+    dsets = Datasets(range(len(x)), tfms=[[lambda i: TensorImage(x[i])],
+                                          [lambda i: data.classes[int(y[i])], Categorize(vocab=data.classes)]],
+                     splits=[list(range(n_train)), list(range(n_train, len(x)))])
+    dls = dsets.dataloaders(bs=args.batch, device=torch.device("cpu"), drop_last=True, num_workers=0,
+                            after_batch=[IntToFloatTensor(), Flip(), Normalize.from_stats(CIFAR10_MEAN, CIFAR10_STD)])
+
+    class PlainChannelsLast(Callback):
+        """fastai's tensor subclasses dispatch every op in Python: hand the model plain NHWC tensors."""
+
+        def before_batch(self) -> None:
+            x = self.learn.xb[0].as_subclass(torch.Tensor)  # [B, 3, 32, 32]
+            self.learn.xb = (x.contiguous(memory_format=torch.channels_last),)
+
+    model = models.SpeedRunNet(args.widths).init_whitening(normalised(data.train_x[:5000]))
+    model = model.to(memory_format=torch.channels_last)
+    learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=0.2), cbs=PlainChannelsLast(),
+                    opt_func=lambda params, lr: SGD(params, lr, mom=0.9, wd=5e-4))
+    start = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(args.fastai_epochs, lr_max=0.2)
+    seconds = time.perf_counter() - start
+    acc = accuracy(learn.model, normalised(data.valid_x), data.valid_y, tta=True)
+    return emit(run="fastai", model=f"SpeedRunNet{args.widths}", epochs=args.fastai_epochs,
+                train_s=round(seconds, 1), valid_accuracy=round(acc, 4))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 source for cu.data.load_cifar10 (npz, batches folder, ImageFolder)")
+    parser.add_argument("--only", default="loop,net,recipe,fastai", help="comma-separated runs")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of bare loop / fit")
+    parser.add_argument("--net-batch", type=int, default=32)
+    parser.add_argument("--net-budget", type=float, default=60.0, help="seconds of training for Net")
+    parser.add_argument("--budget", type=float, default=180.0, help="seconds of training for the recipe")
+    parser.add_argument("--epochs", type=int, default=12, help="recipe epochs (fewer if the budget ends first)")
+    parser.add_argument("--fastai-epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--widths", default="32,64,128")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (pays off on CPUs with native bf16 only)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    args.widths = tuple(int(w) for w in args.widths.split(","))
+    args.amp = torch.bfloat16 if args.amp == "bf16" else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_cifar10(args.data, n_valid=2000, seed=0)
+    emit(run="setup", data=str(args.data), train=len(data.train_y), valid=len(data.valid_y),
+         threads=torch.get_num_threads(), torch=torch.__version__, cpu=torch.backends.cpu.get_cpu_capability())
+    runs = {"loop": run_loop, "net": run_net, "recipe": run_recipe, "fastai": run_fastai}
+    results = {name: runs[name](data, args) for name in args.only.split(",")}
+    summary = {"run": "summary"}
+    if "loop" in results:
+        summary.update(fit_vs_bare=results["loop"]["ratio"], fit_vs_bare_ok=results["loop"]["ratio"] >= 0.95)
+    if "net" in results:
+        summary.update(net_accuracy=results["net"]["valid_accuracy"],
+                       net_ok=results["net"]["valid_accuracy"] >= 0.45 and results["net"]["train_s"] <= 60.5)
+    if "recipe" in results:
+        summary.update(recipe_accuracy=results["recipe"]["valid_accuracy"], recipe_s=results["recipe"]["train_s"],
+                       recipe_ok=results["recipe"]["valid_accuracy"] >= 0.75 and results["recipe"]["train_s"] <= 180.5)
+    if "fastai" in results:
+        summary.update(fastai_accuracy=results["fastai"]["valid_accuracy"], fastai_s=results["fastai"]["train_s"])
+    emit(**summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""The networks the labs train: the slides' CIFAR-10 `Net`, better small CNNs, a speed-run net.
+
+Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one change at a time:
+`BetterNet` adds width, BatchNorm, optional dropout and residual blocks; `SpeedRunNet` follows
+the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
+scale, GELU, scaled-down logits) and comes with the recipe pieces that make it train fast:
+`whitening_weights`, `BatchAugmenter` (in-memory augmentation per batch), `EMA` and `flip_tta`.
+Labs 5-6 append their autoencoders below.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_utils.device import autocast
+
+# --- Lab 4: classifiers ---
+
+
+class Net(nn.Module):
+    """The slides' CIFAR-10 network (the PyTorch tutorial's): two 5x5 convs, max-pool, three FC layers.
+
+    Input: normalised images [B, 3, 32, 32]; output: class logits [B, 10]. 62,006 parameters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 10] of images [B, 3, 32, 32]."""
+        x = self.pool(F.relu(self.conv1(x)))  # [B, 6, 14, 14]
+        x = self.pool(F.relu(self.conv2(x)))  # [B, 16, 5, 5]
+        x = x.flatten(1)  # [B, 400] (the slides write x.view(-1, 16 * 5 * 5))
+        x = F.relu(self.fc1(x))  # [B, 120]
+        x = F.relu(self.fc2(x))  # [B, 84]
+        return self.fc3(x)  # [B, 10]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (weights and biases with `requires_grad`) of `model`."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 convolution (padding 1, no bias) + BatchNorm + ReLU: [B, c_in, H, W] -> [B, c_out, H, W]."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """Two `conv_bn` layers with a skip connection: x + f(x), shape [B, C, H, W] unchanged.
+
+    The skip path lets the gradient flow straight through, so deeper networks still train.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> x + body(x) [B, C, H, W]."""
+        return x + self.body(x)
+
+
+class BetterNet(nn.Module):
+    """A wider CNN with BatchNorm: one `conv_bn` + 2x2 max-pool per stage, then global pooling.
+
+    `widths=(32, 64, 128)` gives three stages (32 -> 16 -> 8 -> 4 pixels); `residual=True` adds a
+    `ResidualBlock` after each stage's conv; `dropout` drops features before the classifier.
+    Input: images [B, 3, 32, 32] (any size works: the head pools globally); output: logits
+    [B, n_classes].
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), n_classes: int = 10,
+                 dropout: float = 0.0, residual: bool = False) -> None:
+        super().__init__()
+        layers, c_in = [], 3
+        for width in widths:
+            layers.append(conv_bn(c_in, width))  # [B, width, H, W]
+            if residual:
+                layers.append(ResidualBlock(width))  # [B, width, H, W]
+            layers.append(nn.MaxPool2d(2))  # [B, width, H/2, W/2]
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n_classes] of images [B, 3, H, W]."""
+        return self.head(self.features(x))  # [B, C, H/8, W/8] -> [B, n_classes]
+
+
+# --- Lab 4: the speed-run network and its recipe ---
+
+
+def whitening_weights(images: torch.Tensor, patch_size: int = 2, eps: float = 5e-4) -> torch.Tensor:
+    """Conv weights that whiten image patches: the patches' PCA, each direction scaled to variance 1.
+
+    `images` [N, C, H, W] (normalised float) -> weight [2 * C*k*k, C, k, k] for `k = patch_size`.
+    The first C*k*k filters are the eigenvectors of the patches' covariance divided by
+    sqrt(eigenvalue + eps), largest variance first; the second half are their negatives, so that
+    a following GELU/ReLU keeps both signs. Convolving the images with the first half gives
+    patch features that are uncorrelated with (about) unit variance.
+    """
+    c, k = images.shape[1], patch_size
+    patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # [N, C, H-k+1, W-k+1, k, k]
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)  # [P, C*k*k]
+    patches = patches - patches.mean(0)  # [P, C*k*k]
+    covariance = patches.T @ patches / len(patches)  # [C*k*k, C*k*k]
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending: [D], [D, D]
+    filters = eigenvectors.T.flip(0) / (eigenvalues.flip(0) + eps).sqrt()[:, None]  # [D, D]
+    filters = filters.reshape(-1, c, k, k)  # [D, C, k, k]
+    return torch.cat([filters, -filters])  # [2D, C, k, k]
+
+
+def _frozen_scale_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    """BatchNorm whose scale stays 1 (only the shift is learned), as in the speed records."""
+    bn = nn.BatchNorm2d(channels, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class SpeedBlock(nn.Module):
+    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU: [B, c_in, H, W] -> [B, c_out, H/2, W/2]."""
+
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn1 = _frozen_scale_bn(c_out, bn_momentum)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = _frozen_scale_bn(c_out, bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, c_in, H, W] -> [B, c_out, H/2, W/2]."""
+        x = F.max_pool2d(self.conv1(x), 2)  # [B, c_out, H/2, W/2]: pool first, 4x cheaper BN
+        x = F.gelu(self.bn1(x))  # [B, c_out, H/2, W/2]
+        return F.gelu(self.bn2(self.conv2(x)))  # [B, c_out, H/2, W/2]
+
+
+class SpeedRunNet(nn.Module):
+    """A compact CNN in the spirit of the CIFAR-10 speed records (Page's ResNet-9, hlb-CIFAR10, airbench).
+
+    A 2x2 patch-whitening conv (set it with `init_whitening`, then it is frozen; 24 channels),
+    GELU, three `SpeedBlock`s of `widths`, global max-pool and a bias-free linear layer whose
+    logits are multiplied by `logit_scale` (small logits train better with label smoothing).
+    Input: normalised images [B, 3, 32, 32]; output: logits [B, n_classes].
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (64, 128, 256), n_classes: int = 10,
+                 logit_scale: float = 1 / 9, bn_momentum: float = 0.4) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, kernel_size=2)
+        self.blocks = nn.Sequential(SpeedBlock(24, widths[0], bn_momentum),
+                                    SpeedBlock(widths[0], widths[1], bn_momentum),
+                                    SpeedBlock(widths[1], widths[2], bn_momentum))
+        self.head = nn.Linear(widths[2], n_classes, bias=False)
+        self.logit_scale = logit_scale
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor) -> "SpeedRunNet":
+        """Set the first layer to whiten 2x2 patches of `images` [N, 3, H, W] (normalised) and freeze it."""
+        weight = whitening_weights(images, patch_size=2)  # [24, 3, 2, 2]
+        self.whiten.weight.copy_(weight.to(self.whiten.weight))
+        self.whiten.bias.zero_()
+        self.whiten.requires_grad_(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n_classes] of images [B, 3, 32, 32]."""
+        x = F.gelu(self.whiten(x))  # [B, 24, 31, 31]
+        x = self.blocks(x)  # [B, w3, 3, 3]
+        x = torch.amax(x, dim=(2, 3))  # [B, w3]
+        return self.head(x) * self.logit_scale  # [B, n_classes]
+
+
+class BatchAugmenter:
+    """An in-memory train loader: normalises and augments whole batches at once (no workers).
+
+    Holds uint8 images [N, 3, H, W] and labels [N]; each pass yields shuffled `(x float
+    [B, 3, H, W], y [B])`, normalised with `mean`/`std`, randomly flipped left-right and shifted
+    by up to `shift` pixels (reflection padding), with all images of a batch augmented in a few
+    tensor operations. On a 2-core CPU this beats a DataLoader with workers. `len()` is the
+    number of batches, so it works with `cu.train.fit` and one-cycle schedules.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], shift: int = 2,
+                 flip: bool = True, drop_last: bool = True, channels_last: bool = False) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"BatchAugmenter wants uint8 images [N, C, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}: pass data.train_x from cu.data.load_cifar10.")
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1)  # [1, C, 1, 1]
+        std_t = torch.tensor(std).view(1, -1, 1, 1)  # [1, C, 1, 1]
+        self.images = (images.float() / 255 - mean_t) / std_t  # [N, C, H, W], normalised once
+        self.labels, self.batch_size, self.shift, self.flip = labels, batch_size, shift, flip
+        self.drop_last, self.channels_last = drop_last, channels_last
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random flip and shift of a batch [B, C, H, W] -> [B, C, H, W]."""
+        if self.flip:
+            flip = torch.rand(len(x)) < 0.5  # [B]
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # [B, C, H, W]
+        if self.shift:
+            s, (h, w) = self.shift, x.shape[-2:]
+            padded = F.pad(x, (s, s, s, s), mode="reflect")  # [B, C, H+2s, W+2s]
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()  # one shift per batch
+            x = padded[:, :, dy:dy + h, dx:dx + w]  # [B, C, H, W]
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels))  # [N]
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]  # [B]
+            x = self._augment(self.images[index])  # [B, C, H, W]
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[index]
+
+
+class EMA(nn.Module):
+    """An exponential moving average of a model's weights, used for evaluation.
+
+    `ema = EMA(model, decay=0.98)`; call `ema.update(model)` after optimiser steps and evaluate
+    `ema` (it is a frozen copy of the model, called like it: images [B, ...] -> outputs). BatchNorm
+    statistics are copied from the model, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.98) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the weights a step (1 - decay) towards `model`'s; copy its BatchNorm statistics."""
+        for average, current in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(current, 1 - self.decay)
+        for average, current in zip(self.model.buffers(), model.buffers()):
+            average.copy_(current)  # averaged statistics would not match the averaged weights early on
+
+    def train(self, mode: bool = True) -> "EMA":
+        """Stay in eval mode: the average is only ever evaluated."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of the averaged model for inputs x."""
+        return self.model(x)
+
+
+@torch.no_grad()
+def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean of the logits of x [B, C, H, W] and of x flipped left-right -> [B, K]."""
+    return (model(x) + model(x.flip(-1))) / 2  # [B, K]
+
+
+# --- Labs 5-6: autoencoders ---
+
+def _down(c_in: int, c_out: int) -> nn.Sequential:
+    """Halve the resolution: 3x3 conv with stride 2, BatchNorm, LeakyReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _up(c_in: int, c_out: int) -> nn.Sequential:
+    """Double the resolution without checkerboards: nearest upsampling, then a 3x3 conv."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+
+
+class ConvAutoencoder(nn.Module):
+    """A convolutional autoencoder: encoder, narrow bottleneck, upsample+conv decoder.
+
+    `ConvAutoencoder(in_channels=3, widths=(32, 64, 128, 128), latent_channels=16)` maps images
+    [B, 3, H, W] in [0, 1] (H, W divisible by 2**len(widths)) to reconstructions of the same
+    shape in [0, 1]. The encoder halves the resolution at each width; the bottleneck is a 1x1
+    conv down to `latent_channels` maps at H/16 x W/16 (the information the decoder gets); the
+    decoder mirrors the encoder with nearest upsampling + conv (no transposed convolutions, so no
+    checkerboard artefacts). `noise_std > 0` makes it a denoising autoencoder: during training
+    only, Gaussian noise is added to the input, while the target stays the clean image.
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128, 128),
+                 latent_channels: int = 16, noise_std: float = 0.0) -> None:
+        super().__init__()
+        self.noise_std = noise_std
+        chans = [in_channels, *widths]
+        self.encoder = nn.Sequential(*[_down(a, b) for a, b in zip(chans, chans[1:])])
+        self.bottleneck = nn.Sequential(nn.Conv2d(widths[-1], latent_channels, 1),
+                                        nn.LeakyReLU(0.2, inplace=True),
+                                        nn.Conv2d(latent_channels, widths[-1], 1),
+                                        nn.LeakyReLU(0.2, inplace=True))
+        back = [*widths[::-1], widths[0]]
+        self.decoder = nn.Sequential(*[_up(a, b) for a, b in zip(back, back[1:])],
+                                     nn.Conv2d(widths[0], in_channels, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct images [B, C, H, W] in [0, 1]; same shape out."""
+        step = 2 ** len(self.encoder)
+        if x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"ConvAutoencoder halves the image {len(self.encoder)} times: height and "
+                             f"width must be multiples of {step}, got {tuple(x.shape[-2:])}; resize "
+                             f"the images (e.g. image_size=128).")
+        if self.training and self.noise_std > 0:
+            x = (x + self.noise_std * torch.randn_like(x)).clamp(0, 1)  # [B, C, H, W] noisy input
+        z = self.encoder(x)  # [B, widths[-1], H/16, W/16] (4 widths)
+        z = self.bottleneck(z)  # [B, widths[-1], H/16, W/16] after a latent_channels squeeze
+        return self.decoder(z)  # [B, C, H, W]
+
+
+class FeatureAutoencoder(nn.Module):
+    """An autoencoder over pretrained feature maps, the strongest detector of lab 6.
+
+    Instead of pixels it reconstructs the (standardised) features [B, C, h, w] of a frozen
+    ImageNet CNN (see `MultiLayerFeatures`). It sees one feature vector at a time: 1x1
+    convolutions squeeze C channels to `latent_channels` and back, so it learns which feature
+    combinations occur on good parts; a defect produces feature vectors it cannot reproduce.
+    Input and output have the same shape [B, C, h, w].
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 256, latent_channels: int = 64) -> None:
+        super().__init__()
+
+        def block(a: int, b: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(a, b, 1), nn.BatchNorm2d(b), nn.ReLU(inplace=True))
+
+        self.encoder = nn.Sequential(block(in_channels, hidden), block(hidden, latent_channels))
+        self.decoder = nn.Sequential(block(latent_channels, hidden), nn.Conv2d(hidden, in_channels, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Reconstruct feature maps [B, C, h, w]; same shape out."""
+        z = self.encoder(features)  # [B, latent, h, w]
+        return self.decoder(z)  # [B, C, h, w]
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize feature maps [B, C, h, w] to `size`: average-pool when shrinking, bilinear when growing."""
+    if maps.shape[-1] >= size[-1]:
+        return F.adaptive_avg_pool2d(maps, size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+class MultiLayerFeatures(nn.Module):
+    """Frozen pretrained features from several depths, stacked into one map per image.
+
+    `MultiLayerFeatures(backbone, layers=("blocks.1", "blocks.2", "blocks.3"))(images)` takes
+    images [B, 3, H, W] in [0, 1], reads each layer (shallow = edges and colours, deep = parts),
+    averages each over a `pool` x `pool` neighbourhood (so every vector also describes its
+    surroundings), resizes all to the resolution of the first layer and concatenates:
+    [B, sum of channels, H/s, W/s] (s = the first layer's stride, 4 for "blocks.1").
+    """
+
+    def __init__(self, backbone: nn.Module, layers: tuple[str, ...] = ("blocks.1", "blocks.2", "blocks.3"),
+                 pool: int = 3, scale_to: str | None = None) -> None:
+        super().__init__()
+        from course_utils.backbones import FeatureExtractor
+
+        self.extractor = FeatureExtractor(backbone, layers)
+        self.pool = pool
+        self.scale_to = scale_to or self.extractor.layers[0]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Stacked features [B, C_total, h, w] of images [B, 3, H, W] in [0, 1]."""
+        feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
+        size = feats[self.scale_to].shape[-2:]
+        maps = [F.avg_pool2d(m, self.pool, stride=1, padding=self.pool // 2) for m in feats.values()]
+        maps = [_resize(m, size) for m in maps]  # each [B, C_i, h, w]
+        return torch.cat(maps, dim=1)  # [B, C_total, h, w]
+
+
+def _triangle(progress: float, peak_at: float = 0.25) -> float:
+    """Learning-rate factor for training `progress` in [0, 1]: 0.1 -> 1 (warm-up) -> 0 (linear decay)."""
+    if progress < peak_at:
+        return 0.1 + 0.9 * progress / peak_at
+    return max(0.0, (1 - progress) / (1 - peak_at))
+
+
+def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tensor, *,
+                   mean: tuple[float, ...], std: tuple[float, ...], epochs: int,
+                   device: torch.device, budget_s: float | None = None, batch_size: int = 256,
+                   lr: float = 0.2, weight_decay: float = 5e-4, label_smoothing: float = 0.2,
+                   ema_decay: float = 0.5, ema_every: int = 5, flip: bool = True,
+                   channels_last: bool = True, amp_dtype: torch.dtype | None = None) -> EMA:
+    """The speed-run recipe: whitening init, in-memory augmentation, Nesterov SGD, label smoothing, EMA.
+
+    `images` uint8 [N, 3, H, W] and `labels` int64 [N] are the training set. The whitening layer
+    is set from the (normalised) images, then the model trains for `epochs` epochs with a
+    warm-up/linear-decay learning rate, or fewer when `budget_s` seconds run out first (the
+    schedule then follows the clock, so training always ends inside the budget). `flip=False`
+    turns off the mirror augmentation (for data where left and right matter). Returns the
+    `EMA` of the weights; evaluate it with `flip_tta`, on inputs in `channels_last` if it was used.
+    """
+    start = time.perf_counter()  # the budget counts the set-up too
+    loader = BatchAugmenter(images, labels, batch_size, mean, std, flip=flip, channels_last=channels_last)
+    model.init_whitening(loader.images[:5000])
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on CPU and GPU
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    ema, step, total = EMA(model, ema_decay), 0, epochs * len(loader)
+    model.train()
+    for x, y in (batch for _ in range(epochs) for batch in loader):
+        clock = (time.perf_counter() - start) / budget_s if budget_s else 0.0
+        progress = max(step / total, clock)
+        if progress >= 1:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _triangle(progress)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
+            loss = loss_fn(model(x), y)  # [] mean over the batch
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % ema_every == 0:
+            ema.update(model)
+    return ema

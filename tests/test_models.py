@@ -1,0 +1,100 @@
+"""Tests of course_utils.models: shapes, parameter counts, a training step, the whitening layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from course_utils import models
+
+# --- Lab 4: classifiers ---
+
+
+def test_net_matches_the_slides() -> None:
+    net = models.Net()
+    assert models.count_parameters(net) == 62_006  # 456 + 2,416 + 48,120 + 10,164 + 850
+    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: models.BetterNet(),
+    lambda: models.BetterNet((16, 32), n_classes=7, dropout=0.5, residual=True),
+    lambda: models.SpeedRunNet((16, 32, 64), n_classes=7),
+])
+def test_classifiers_map_images_to_logits(make) -> None:
+    model = make()
+    n_classes = model.head[-1].out_features if isinstance(model.head, nn.Sequential) else model.head.out_features
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, n_classes)
+
+
+def test_residual_block_adds_its_input() -> None:
+    block = models.ResidualBlock(8)
+    for p in block.body.parameters():  # a body that outputs zeros
+        nn.init.zeros_(p)
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_one_training_step_lowers_the_loss_on_a_batch() -> None:
+    torch.manual_seed(0)
+    model = models.BetterNet((8, 16))
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < losses[0]
+
+
+def test_whitening_weights_decorrelate_patches() -> None:
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.8, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 0.3]])
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(200, 3, 8, 8))  # correlated channels
+    images = images + torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # and correlated neighbours
+    weight = models.whitening_weights(images, patch_size=2, eps=0.0)  # [24, 3, 2, 2]
+    assert weight.shape == (24, 3, 2, 2)
+    torch.testing.assert_close(weight[12:], -weight[:12])
+    features = nn.functional.conv2d(images, weight[:12])  # [200, 12, 7, 7]
+    flat = features.permute(0, 2, 3, 1).reshape(-1, 12)  # [P, 12]
+    covariance = torch.cov(flat.T)  # [12, 12]
+    torch.testing.assert_close(covariance, torch.eye(12), atol=1e-3, rtol=1e-3)
+
+
+def test_speedrun_net_freezes_its_whitening_layer() -> None:
+    model = models.SpeedRunNet((8, 16, 32)).init_whitening(torch.randn(10, 3, 32, 32))
+    assert not model.whiten.weight.requires_grad
+    assert not any(block.bn1.weight.requires_grad for block in model.blocks)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_batch_augmenter_yields_normalised_shifted_batches() -> None:
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    loader = models.BatchAugmenter(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,
+                                   std=(0.25,) * 3, shift=0, flip=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2  # drop_last
+    x, y = batches[0]
+    expected = (images[y].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(x, expected)
+    with pytest.raises(ValueError, match="uint8"):
+        models.BatchAugmenter(images.float(), torch.arange(10), 4, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_ema_moves_towards_the_model_and_flip_tta_is_flip_invariant() -> None:
+    model = nn.Linear(2, 1)
+    ema = models.EMA(model, decay=0.5)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.model.weight, before + 1.0)
+    net = models.BetterNet((4,))
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(models.flip_tta(net, x), models.flip_tta(net, x.flip(-1)))
