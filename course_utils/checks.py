@@ -290,7 +290,10 @@ def check_horizontal_edge_kernel(kernel: Any) -> bool:
     name, hint = "horizontal edge kernel", "rotate the slides' vertical edge kernel by 90 degrees: positive row on top, negative row at the bottom"
     if kernel is None:
         return report(False, f"{name}: {NOT_SOLVED}", hint)
-    kernel = _as_array(kernel).astype(np.float64)
+    try:
+        kernel = _as_array(kernel).astype(np.float64)
+    except (TypeError, ValueError):
+        return report(False, f"{name}: expected a 3x3 array of numbers, got {_describe(kernel)}", hint)
     if kernel.shape != (3, 3):
         return report(False, f"{name}: shape {kernel.shape}, expected (3, 3)", hint)
     horizontal = np.repeat([[10.0], [10], [10], [0], [0], [0]], 5, axis=1)  # [6, 5]: bright top, dark bottom
@@ -306,74 +309,84 @@ def check_horizontal_edge_kernel(kernel: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lab 7: state-of-the-art detectors (PatchCore, PaDiM)
+# Lab 4: CNN classification on CIFAR-10
 # ---------------------------------------------------------------------------------------------
 
-def _torch_cases(seed: int, *shapes: tuple[int, ...]) -> list:
-    """Random float32 torch tensors of the given shapes (torch is imported only by lab 7's checkers)."""
+def reference_train_step(net: Any, inputs: Any, labels: Any, optimizer: Any, criterion: Callable) -> float:
+    """The slides' five steps on one batch: zero_grad, forward, loss, backward, step; returns the loss as a float."""
+    optimizer.zero_grad()
+    loss = criterion(net(inputs), labels)  # [] mean over the batch
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def check_train_step(fn: Any) -> bool:
+    """Exercise (lab 4): `train_step(net, inputs, labels, optimizer, criterion) -> float` (the batch's loss)."""
+    import copy
+
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=g) for shape in shapes]
+    name, hint = "train_step", "optimizer.zero_grad(); loss = criterion(net(inputs), labels); loss.backward(); optimizer.step(); return loss.item()"
+    if not callable(fn):
+        return report(False, f"{name}: {NOT_SOLVED}", hint)
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))]
+    nets.append(copy.deepcopy(nets[0]))
+    inputs, labels = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 1, 0])
+    for p in nets[0].parameters():  # stale gradients that a missing zero_grad would add in
+        p.grad = torch.ones_like(p)
+    results = []
+    for net, step in zip(nets, (fn, reference_train_step)):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+        value, error = _call(step, [net, inputs, labels, optimizer, torch.nn.CrossEntropyLoss()])
+        if error:
+            return report(False, f"{name}: {error}", hint)
+        results.append(value)
+    if results[0] is None:
+        return report(False, f"{name}: {NOT_SOLVED} (it returned None)", hint)
+    found = problem(float(results[0]) if not hasattr(results[0], "shape") else results[0], results[1], atol=1e-5)
+    if found:
+        return report(False, f"{name}: the returned loss: {found}", hint)
+    found = problem(torch.cat([p.detach().flatten() for p in nets[0].parameters()]),
+                    torch.cat([p.detach().flatten() for p in nets[1].parameters()]), atol=1e-5)
+    if found:
+        return report(False, f"{name}: the weights after the step are wrong ({found}); did you zero the old gradients and call optimizer.step()?", hint)
+    return report(True, f"{name}: correct (loss and updated weights match)")
 
 
-def reference_patch_scores(test_patches: Any, bank: Any) -> Any:
-    """Distance [P] from each test patch [P, D] to its nearest memory-bank entry [M, D]."""
+def reference_smooth_labels(labels: Any, n_classes: int, eps: float) -> Any:
+    """Label smoothing: int labels [N] -> soft targets [N, K] = (1 - eps) * one_hot + eps / K."""
     import torch
 
-    return torch.cdist(test_patches, bank).min(dim=1).values  # [P, M] -> [P]
+    one_hot = torch.nn.functional.one_hot(labels, n_classes).float()  # [N, K]
+    return (1 - eps) * one_hot + eps / n_classes  # [N, K]
 
 
-def check_patch_scores(fn: Any) -> bool:
-    """Exercise (lab 7): `patch_scores(test_patches [P, D], bank [M, D]) -> [P]` nearest-neighbour distances."""
-    cases = [(tuple(_torch_cases(s, (p, d), (m, d))), None) for s, (p, m, d) in enumerate([(5, 7, 3), (40, 12, 16), (1, 3, 2)])]
-    cases = [(args, reference_patch_scores(*args)) for args, _ in cases]
-    return check_function(fn, cases, "patch_scores",
-                          "torch.cdist(test_patches, bank) is [P, M]; take the minimum over the bank (dim=1), "
-                          "Euclidean distance, not squared", atol=1e-4)
-
-
-def reference_farthest_points(points: Any, n: int, first: int = 0) -> Any:
-    """Greedy k-center: indices [n] starting at `first`, each next point the farthest from those chosen."""
+def check_smooth_labels(fn: Any) -> bool:
+    """Exercise (lab 4): `smooth_labels(labels [N], n_classes, eps) -> [N, n_classes]`, rows sum to 1."""
     import torch
 
-    chosen = [first]
-    nearest = torch.cdist(points, points[first:first + 1])[:, 0]  # [N] distance to the chosen set
-    for _ in range(n - 1):
-        chosen.append(int(nearest.argmax()))
-        nearest = torch.minimum(nearest, torch.cdist(points, points[chosen[-1]:chosen[-1] + 1])[:, 0])
-    return torch.tensor(chosen)
+    cases = [((labels, k, eps), reference_smooth_labels(labels, k, eps))
+             for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2), (torch.tensor([1]), 2, 0.0)]]
+    return check_function(fn, cases, "smooth_labels",
+                          "one_hot(labels, K) * (1 - eps) + eps / K: the true class keeps 1 - eps + eps/K, every class gets eps/K")
 
 
-def check_farthest_points(fn: Any) -> bool:
-    """Exercise (lab 7): `farthest_points(points [N, D], n, first=0) -> indices [n]` (k-center greedy)."""
-    cases = [((pts, n, first), reference_farthest_points(pts, n, first))
-             for pts, n, first in [(_torch_cases(0, (50, 2))[0], 6, 0), (_torch_cases(1, (200, 8))[0], 20, 7)]]
-    return check_function(fn, cases, "farthest_points",
-                          "keep a vector of each point's distance to its nearest chosen point; add the argmax; "
-                          "update the vector with torch.minimum", atol=0)
+def reference_flip_tta(model: Callable, images: Any) -> Any:
+    """Flip test-time augmentation: mean of model(images) and model(images flipped left-right), [B, K]."""
+    return (model(images) + model(images.flip(-1))) / 2  # [B, K]
 
 
-def reference_mahalanobis(x: Any, mean: Any, cov: Any) -> Any:
-    """Mahalanobis distances [N] of rows x [N, C] to a Gaussian with mean [C] and covariance [C, C]."""
+def check_flip_tta(fn: Any) -> bool:
+    """Exercise (lab 4): `tta_logits(model, images [B,C,H,W]) -> [B,K]`, the mean over the image and its mirror."""
     import torch
 
-    delta = x - mean  # [N, C]
-    return ((delta @ torch.linalg.inv(cov)) * delta).sum(dim=1).sqrt()  # [N]
-
-
-def check_mahalanobis(fn: Any) -> bool:
-    """Exercise (lab 7): `mahalanobis(x [N, C], mean [C], cov [C, C]) -> [N]`."""
-    import torch
-
-    cases = []
-    for seed, (n, c) in enumerate([(6, 3), (20, 10)]):
-        x, mean, a = _torch_cases(seed, (n, c), (c,), (c, c))
-        cov = a @ a.T + 0.5 * torch.eye(c)  # [C, C], symmetric positive definite
-        cases.append(((x, mean, cov), reference_mahalanobis(x, mean, cov)))
-    return check_function(fn, cases, "mahalanobis",
-                          "delta = x - mean; the squared distance is delta^T cov^-1 delta per row "
-                          "(torch.linalg.inv, then a row-wise sum); take the square root", atol=1e-3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 6)).requires_grad_(False)
+    cases = [((model, x), reference_flip_tta(model, x)) for x in (torch.randn(2, 3, 4, 5), torch.randn(7, 3, 4, 5))]
+    return check_function(fn, cases, "tta_logits",
+                          "a left-right mirror flips the last (width) axis: images.flip(-1); average the two logits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,81 +485,71 @@ def check_feature_error(fn: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lab 4: CNN classification on CIFAR-10
+# Lab 7: state-of-the-art detectors (PatchCore, PaDiM)
 # ---------------------------------------------------------------------------------------------
 
-def reference_train_step(net: Any, inputs: Any, labels: Any, optimizer: Any, criterion: Callable) -> float:
-    """The slides' five steps on one batch: zero_grad, forward, loss, backward, step; returns the loss as a float."""
-    optimizer.zero_grad()
-    loss = criterion(net(inputs), labels)  # [] mean over the batch
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def check_train_step(fn: Any) -> bool:
-    """Exercise (lab 4): `train_step(net, inputs, labels, optimizer, criterion) -> float` (the batch's loss)."""
-    import copy
-
+def _torch_cases(seed: int, *shapes: tuple[int, ...]) -> list:
+    """Random float32 torch tensors of the given shapes (torch is imported only by lab 7's checkers)."""
     import torch
 
-    name, hint = "train_step", "optimizer.zero_grad(); loss = criterion(net(inputs), labels); loss.backward(); optimizer.step(); return loss.item()"
-    if not callable(fn):
-        return report(False, f"{name}: {NOT_SOLVED}", hint)
-    torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))]
-    nets.append(copy.deepcopy(nets[0]))
-    inputs, labels = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 1, 0])
-    for p in nets[0].parameters():  # stale gradients that a missing zero_grad would add in
-        p.grad = torch.ones_like(p)
-    results = []
-    for net, step in zip(nets, (fn, reference_train_step)):
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-        value, error = _call(step, [net, inputs, labels, optimizer, torch.nn.CrossEntropyLoss()])
-        if error:
-            return report(False, f"{name}: {error}", hint)
-        results.append(value)
-    if results[0] is None:
-        return report(False, f"{name}: {NOT_SOLVED} (it returned None)", hint)
-    found = problem(float(results[0]) if not hasattr(results[0], "shape") else results[0], results[1], atol=1e-5)
-    if found:
-        return report(False, f"{name}: the returned loss: {found}", hint)
-    found = problem(torch.cat([p.detach().flatten() for p in nets[0].parameters()]),
-                    torch.cat([p.detach().flatten() for p in nets[1].parameters()]), atol=1e-5)
-    if found:
-        return report(False, f"{name}: the weights after the step are wrong ({found}); did you zero the old gradients and call optimizer.step()?", hint)
-    return report(True, f"{name}: correct (loss and updated weights match)")
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for shape in shapes]
 
 
-def reference_smooth_labels(labels: Any, n_classes: int, eps: float) -> Any:
-    """Label smoothing: int labels [N] -> soft targets [N, K] = (1 - eps) * one_hot + eps / K."""
+def reference_patch_scores(test_patches: Any, bank: Any) -> Any:
+    """Distance [P] from each test patch [P, D] to its nearest memory-bank entry [M, D]."""
     import torch
 
-    one_hot = torch.nn.functional.one_hot(labels, n_classes).float()  # [N, K]
-    return (1 - eps) * one_hot + eps / n_classes  # [N, K]
+    return torch.cdist(test_patches, bank).min(dim=1).values  # [P, M] -> [P]
 
 
-def check_smooth_labels(fn: Any) -> bool:
-    """Exercise (lab 4): `smooth_labels(labels [N], n_classes, eps) -> [N, n_classes]`, rows sum to 1."""
+def check_patch_scores(fn: Any) -> bool:
+    """Exercise (lab 7): `patch_scores(test_patches [P, D], bank [M, D]) -> [P]` nearest-neighbour distances."""
+    cases = [(tuple(_torch_cases(s, (p, d), (m, d))), None) for s, (p, m, d) in enumerate([(5, 7, 3), (40, 12, 16), (1, 3, 2)])]
+    cases = [(args, reference_patch_scores(*args)) for args, _ in cases]
+    return check_function(fn, cases, "patch_scores",
+                          "torch.cdist(test_patches, bank) is [P, M]; take the minimum over the bank (dim=1), "
+                          "Euclidean distance, not squared", atol=1e-4)
+
+
+def reference_farthest_points(points: Any, n: int, first: int = 0) -> Any:
+    """Greedy k-center: indices [n] starting at `first`, each next point the farthest from those chosen."""
     import torch
 
-    cases = [((labels, k, eps), reference_smooth_labels(labels, k, eps))
-             for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2), (torch.tensor([1]), 2, 0.0)]]
-    return check_function(fn, cases, "smooth_labels",
-                          "one_hot(labels, K) * (1 - eps) + eps / K: the true class keeps 1 - eps + eps/K, every class gets eps/K")
+    chosen = [first]
+    nearest = torch.cdist(points, points[first:first + 1])[:, 0]  # [N] distance to the chosen set
+    for _ in range(n - 1):
+        chosen.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, torch.cdist(points, points[chosen[-1]:chosen[-1] + 1])[:, 0])
+    return torch.tensor(chosen)
 
 
-def reference_flip_tta(model: Callable, images: Any) -> Any:
-    """Flip test-time augmentation: mean of model(images) and model(images flipped left-right), [B, K]."""
-    return (model(images) + model(images.flip(-1))) / 2  # [B, K]
+def check_farthest_points(fn: Any) -> bool:
+    """Exercise (lab 7): `farthest_points(points [N, D], n, first=0) -> indices [n]` (k-center greedy)."""
+    cases = [((pts, n, first), reference_farthest_points(pts, n, first))
+             for pts, n, first in [(_torch_cases(0, (50, 2))[0], 6, 0), (_torch_cases(1, (200, 8))[0], 20, 7)]]
+    return check_function(fn, cases, "farthest_points",
+                          "keep a vector of each point's distance to its nearest chosen point; add the argmax; "
+                          "update the vector with torch.minimum", atol=0)
 
 
-def check_flip_tta(fn: Any) -> bool:
-    """Exercise (lab 4): `tta_logits(model, images [B,C,H,W]) -> [B,K]`, the mean over the image and its mirror."""
+def reference_mahalanobis(x: Any, mean: Any, cov: Any) -> Any:
+    """Mahalanobis distances [N] of rows x [N, C] to a Gaussian with mean [C] and covariance [C, C]."""
     import torch
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 6)).requires_grad_(False)
-    cases = [((model, x), reference_flip_tta(model, x)) for x in (torch.randn(2, 3, 4, 5), torch.randn(7, 3, 4, 5))]
-    return check_function(fn, cases, "tta_logits",
-                          "a left-right mirror flips the last (width) axis: images.flip(-1); average the two logits")
+    delta = x - mean  # [N, C]
+    return ((delta @ torch.linalg.inv(cov)) * delta).sum(dim=1).sqrt()  # [N]
+
+
+def check_mahalanobis(fn: Any) -> bool:
+    """Exercise (lab 7): `mahalanobis(x [N, C], mean [C], cov [C, C]) -> [N]`."""
+    import torch
+
+    cases = []
+    for seed, (n, c) in enumerate([(6, 3), (20, 10)]):
+        x, mean, a = _torch_cases(seed, (n, c), (c,), (c, c))
+        cov = a @ a.T + 0.5 * torch.eye(c)  # [C, C], symmetric positive definite
+        cases.append(((x, mean, cov), reference_mahalanobis(x, mean, cov)))
+    return check_function(fn, cases, "mahalanobis",
+                          "delta = x - mean; the squared distance is delta^T cov^-1 delta per row "
+                          "(torch.linalg.inv, then a row-wise sum); take the square root", atol=1e-3)
