@@ -386,12 +386,12 @@ class ImageTensorDataset(Dataset):
     """uint8 images [N, 3, H, W] + labels -> normalised float items (x [3, H, W], y).
 
     With `augment=True` each item is randomly shifted (zero padding 4, random crop back to H x W)
-    and flipped left-right with probability 1/2, done on tensors.
+    and (if `flip`) flipped left-right with probability 1/2, done on tensors.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
-                 std: tuple[float, ...], augment: bool = False) -> None:
-        self.images, self.labels, self.augment = images, labels, augment
+                 std: tuple[float, ...], augment: bool = False, flip: bool = True) -> None:
+        self.images, self.labels, self.augment, self.flip = images, labels, augment, flip
         self.mean = torch.tensor(mean).view(-1, 1, 1)  # [3, 1, 1]
         self.std = torch.tensor(std).view(-1, 1, 1)  # [3, 1, 1]
 
@@ -401,17 +401,17 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[i].float() / 255.0  # [3, H, W] in [0, 1]
         if self.augment:
-            x = random_crop_flip(x)  # [3, H, W]
+            x = random_crop_flip(x, flip=self.flip)  # [3, H, W]
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def random_crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Pad float [C, H, W] with zeros, crop a random H x W window, flip left-right half the time."""
+def random_crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Pad float [C, H, W] with zeros, crop a random H x W window, flip left-right half the time (if `flip`)."""
     _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))  # [C, H + 2p, W + 2p]
     top, left = torch.randint(0, 2 * padding + 1, (2,)).tolist()
     x = padded[:, top:top + h, left:left + w]  # [C, H, W]
-    return x.flip(-1) if torch.rand(()) < 0.5 else x
+    return x.flip(-1) if flip and torch.rand(()) < 0.5 else x
 
 
 def make_loaders(data: ImageData, batch_size: int = 128, augment: bool = False,
@@ -421,9 +421,10 @@ def make_loaders(data: ImageData, batch_size: int = 128, augment: bool = False,
 
     Images are scaled to [0, 1] and normalised with `mean`/`std` (CIFAR-10's by default). The
     train loader shuffles (seed it with `cu.seed_everything`) and, with `augment=True`, applies
-    `random_crop_flip`; the validation loader keeps the order and never augments.
+    `random_crop_flip`; the validation loader keeps the order and never augments. The digits
+    stand-in is never mirrored: a mirrored digit is no longer the same digit.
     """
-    train = ImageTensorDataset(data.train_x, data.train_y, mean, std, augment)
+    train = ImageTensorDataset(data.train_x, data.train_y, mean, std, augment, flip=not data.stand_in)
     valid = ImageTensorDataset(data.valid_x, data.valid_y, mean, std, augment=False)
     return (DataLoader(train, batch_size, shuffle=True, num_workers=num_workers),
             DataLoader(valid, batch_size, shuffle=False, num_workers=num_workers))
