@@ -319,7 +319,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Load the data once, run each method, print its JSON line, then a summary table."""
     args = parse_args(argv)
     args.device = cu.pick_device(args.device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     data = cu.data.load_anomaly_data(args.data, image_size=args.image_size)
     print(f"# {data.name}: {len(data.train_images)} good training images, "
