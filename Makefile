@@ -19,12 +19,12 @@ install: $(STAMP)  ## create .venv if missing and install the course into it
 lab: install  ## start JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/
 
-test: install  ## unit tests, then every notebook end to end in fast mode (what CI runs)
-	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests notebooks \
+test: install student  ## unit tests, then every notebook and its student edition end to end in fast mode (what CI runs)
+	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests notebooks build/student \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
 
-unit: install  ## the unit tests alone
-	COURSE_FAST=1 $(BIN)/python -m pytest -q tests
+unit: install  ## the unit tests alone (no notebooks, no browser): a quick check while you edit course_utils
+	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests --ignore=tests/browser
 
 run: install  ## execute every notebook headless into build/ (FAST=1 for the quick version)
 	@mkdir -p build/executed build/html
@@ -38,6 +38,7 @@ clean:
 .PHONY: student slides browser
 
 student: install  ## student editions in build/student/: solutions replaced by their stubs, no outputs
+	rm -rf build/student
 	$(BIN)/python tools/editions.py student notebooks build/student
 
 slides: install  ## HTML slides in build/slides/ that open offline (EXECUTE=1 runs the labs first, for figures)

@@ -281,8 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, type=Path, help="an MVTec-layout category folder")
     p.add_argument("--methods", default="ae_mse,ae_ssim,ae_feature,feature_ae",
                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    p.add_argument("--image-size", type=int, default=256, help="test images and masks, pixels")
-    p.add_argument("--ae-size", type=int, default=128, help="pixel autoencoders work at this size")
+    p.add_argument("--image-size", type=int, default=320,
+                   help="images and masks are resized to this many pixels (320: the bottle copy's own size)")
+    p.add_argument("--ae-size", type=int, default=64, help="pixel autoencoders work at this size")
     p.add_argument("--ae-epochs", type=int, default=60)
     p.add_argument("--ae-widths", default="16,32,64,64", help="encoder channels per halving")
     p.add_argument("--ae-latent", type=int, default=16, help="bottleneck channels")
@@ -291,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feature-scale-to", default="blocks.2", help="feature maps at this layer's size")
     p.add_argument("--fae-epochs", type=int, default=12)
     p.add_argument("--fae-latent", type=int, default=64)
-    p.add_argument("--patchcore-layers", default="blocks.2,blocks.4", help="lab 7: two backbone stages")
+    p.add_argument("--patchcore-layers", default="blocks.2,blocks.3", help="lab 7: two backbone stages")
     p.add_argument("--coreset-ratio", type=float, default=0.01, help="lab 7: memory bank fraction kept")
     p.add_argument("--padim-layers", default="blocks.1,blocks.2,blocks.3")
     p.add_argument("--padim-features", type=int, default=100, help="lab 7: random channels PaDiM keeps")

@@ -300,11 +300,15 @@ class _PatchDetector:
         self.layers, self.sigma, self.batch_size = tuple(layers), sigma, batch_size
 
     def _features(self, images: torch.Tensor, neighbourhood: int) -> torch.Tensor:
-        """Patch embeddings [N, D, h, w] of images [N, 3, H, W], computed batch by batch on the device."""
+        """Patch embeddings [N, D, h, w] of images [N, 3, H, W], computed batch by batch on the device.
+
+        Also records `self.stage_channels`, how many of the D channels each layer contributes.
+        """
         _check_images(images)
         out = []
         for batch in images.split(self.batch_size):
             maps = self.extractor(batch.to(self.device))  # {layer: [b, C, h, w]}
+            self.stage_channels = [maps[name].shape[1] for name in self.layers]
             out.append(patch_embedding([maps[name] for name in self.layers], neighbourhood))  # [b, D, h, w]
         return torch.cat(out)  # [N, D, h, w]
 
@@ -324,7 +328,7 @@ class PatchCore(_PatchDetector):
     by how crowded the bank is around that patch's neighbour.
     """
 
-    def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.4"),
+    def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.3"),
                  coreset_ratio: float = 0.01, num_neighbors: int = 9, projection_dim: int = 64,
                  sigma: float = 4.0, batch_size: int = 32, device: torch.device | str | None = None,
                  seed: int = 0) -> None:
@@ -334,14 +338,21 @@ class PatchCore(_PatchDetector):
         self.coreset_ratio, self.num_neighbors = coreset_ratio, num_neighbors
         self.projection_dim, self.seed = projection_dim, seed
         self.memory_bank: torch.Tensor | None = None  # [M, D] after fit
+        self.stage_scales: torch.Tensor | None = None  # [S] mean feature length of each stage, after fit
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch features [N, D, h, w] of images [N, 3, H, W]: two stages, 3x3 neighbourhoods."""
-        return self._features(images, neighbourhood=3)
+        """Patch features [N, D, h, w] of images [N, 3, H, W]: two stages, 3x3 neighbourhoods, each
+        stage divided by its mean feature length on the good images (`stage_scales`, set by `fit`)."""
+        features = self._features(images, neighbourhood=3)  # [N, D, h, w]
+        if self.stage_scales is None:  # fit: measure each stage on the good images
+            self.stage_scales = torch.stack([part.norm(dim=1).mean() for part in features.split(self.stage_channels, dim=1)])  # [S]
+        scales = self.stage_scales.repeat_interleave(torch.tensor(self.stage_channels, device=features.device))  # [D]
+        return features / scales.view(1, -1, 1, 1)  # [N, D, h, w]: every stage counts alike in distances
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> "PatchCore":
         """Build the memory bank [M, D] from good images [N, 3, H, W]; M = coreset_ratio * N * h * w."""
+        self.stage_scales = None
         features = self.embed(images)  # [N, D, h, w]
         patches = features.permute(0, 2, 3, 1).flatten(0, 2)  # [N*h*w, D]
         n = max(1, round(self.coreset_ratio * len(patches)))

@@ -4,7 +4,8 @@ Everything here returns plain tensors so that the labs can show every step:
 
 - **CIFAR-10** (labs 1-4): `load_cifar10` reads a local copy, the cached download or, offline in
   fast mode, a loudly announced stand-in made from scikit-learn's handwritten digits.
-  `make_loaders` turns the result into normalised (and optionally augmented) DataLoaders.
+  `make_loaders` turns the result into normalised (and optionally augmented) DataLoaders;
+  `BatchAugmenter` is the worker-free, in-memory loader of the speed-run recipe.
 - **MVTec AD** (labs 5-7): `MVTecDataset` and `load_anomaly_data` read the MVTec folder layout
   (`train/good`, `test/<defect>`, `ground_truth/<defect>/<name>_mask.png`); `download_mvtec`
   fetches one official category archive (resumable, checksummed); `load_image_folder` reads a
@@ -14,7 +15,8 @@ Everything here returns plain tensors so that the labs can show every step:
   cut-and-paste patches whose masks are exact. `default_anomaly_root` picks MVTec AD if you
   downloaded it, else this data set.
 
-Downloads and generated data live in `DATA_DIR` (`<course>/data`, or `$COURSE_DATA`). This module
+Downloads and generated data live in `DATA_DIR` (`<course>/data`, or `$COURSE_DATA`), what the labs
+write (checkpoints, logs) in `build_dir(...)` (`<course>/build/...`). This module
 and `device.py` are the only ones that read environment variables.
 """
 
@@ -30,6 +32,7 @@ import socket
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,18 +49,35 @@ from course_utils import device as _device
 # ================================================================================================
 
 
+def _checkout_root() -> Path | None:
+    """The course folder when course_utils runs from a checkout (`pyproject.toml` beside it), else None."""
+    repo = Path(__file__).resolve().parent.parent
+    return repo if (repo / "pyproject.toml").exists() else None
+
+
 def _default_data_dir() -> Path:
     """`$COURSE_DATA` if set, else `<repo>/data` next to `pyproject.toml`, else `./data`."""
     if os.environ.get("COURSE_DATA"):
         return Path(os.environ["COURSE_DATA"]).expanduser()
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").exists():
-        return repo / "data"
-    return Path.cwd() / "data"
+    return (_checkout_root() or Path.cwd()) / "data"
 
 
 DATA_DIR: Path = _default_data_dir()
 """Folder for downloads and generated data sets (set `COURSE_DATA` to move it, e.g. to Drive)."""
+
+
+def build_dir(*parts: str) -> Path:
+    """The folder `build/<parts>` for what a lab writes (checkpoints, logs, figures), created if missing.
+
+    In a checkout of the course it is `<repo>/build/...`, whatever folder the notebook runs from
+    (`notebooks/`, `build/student/`, ...); where course_utils is installed as a package (Colab,
+    whose notebooks run in `/content`) it is `./build/...`. Labs write only here and to `DATA_DIR`,
+    never with paths like `../build` that depend on the current folder.
+    """
+    folder = (_checkout_root() or Path.cwd()).joinpath("build", *parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -1006,3 +1026,52 @@ def default_anomaly_root(image_size: int = 128, texture: str = "brick",
     print(f"Using the offline defect data set {path} (scikit-image '{texture}' texture with "
           "synthetic defects); download real data with cu.data.download_mvtec('bottle').")
     return path
+
+
+class BatchAugmenter:
+    """An in-memory train loader: normalises and augments whole batches at once (no workers).
+
+    Holds uint8 images [N, 3, H, W] and labels [N]; each pass yields shuffled `(x float
+    [B, 3, H, W], y [B])`, normalised with `mean`/`std`, each image randomly flipped left-right
+    and shifted by up to `shift` pixels (reflection padding), all in a few tensor operations per
+    batch. On a 2-core CPU this beats a DataLoader with workers. `len()` is the number of
+    batches, so it works with `cu.train.fit` and one-cycle schedules.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], shift: int = 2,
+                 flip: bool = True, drop_last: bool = True, channels_last: bool = False) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"BatchAugmenter wants uint8 images [N, C, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}: pass data.train_x from cu.data.load_cifar10.")
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1)  # [1, C, 1, 1]
+        std_t = torch.tensor(std).view(1, -1, 1, 1)  # [1, C, 1, 1]
+        self.images = (images.float() / 255 - mean_t) / std_t  # [N, C, H, W], normalised once
+        self.labels, self.batch_size, self.shift, self.flip = labels, batch_size, shift, flip
+        self.drop_last, self.channels_last = drop_last, channels_last
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random flip and shift of each image of a batch [B, C, H, W] -> [B, C, H, W]."""
+        if self.flip:
+            flip = torch.rand(len(x)) < 0.5  # [B]
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # [B, C, H, W]
+        if self.shift:
+            s, (b, _, h, w) = self.shift, x.shape
+            padded = F.pad(x, (s, s, s, s), mode="reflect")  # [B, C, H+2s, W+2s]
+            dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))  # [B, 1] each: one shift per image
+            rows, cols = dy + torch.arange(h), dx + torch.arange(w)  # [B, H], [B, W]
+            crops = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+            x = crops.permute(0, 3, 1, 2)  # [B, C, H, W]
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels))  # [N]
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]  # [B]
+            x = self._augment(self.images[index])  # [B, C, H, W]
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            yield x, self.labels[index]

@@ -3,22 +3,17 @@
 Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one change at a time:
 `BetterNet` adds width, BatchNorm, optional dropout and residual blocks; `SpeedRunNet` follows
 the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
-scale, GELU, scaled-down logits) and comes with the recipe pieces that make it train fast:
-`whitening_weights`, `BatchAugmenter` (in-memory augmentation per batch), `EMA` and `flip_tta`.
-Labs 5-6 append their autoencoders below.
+scale, GELU, scaled-down logits) and `whitening_weights`, which sets its first layer; the
+recipe that trains it fast is `cu.train.train_speedrun`. Labs 5-6 append their autoencoders
+below.
 """
 
 from __future__ import annotations
-
-import copy
-import time
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_utils.device import autocast
 
 # --- Lab 4: classifiers ---
 
@@ -185,90 +180,6 @@ class SpeedRunNet(nn.Module):
         return self.head(x) * self.logit_scale  # [B, n_classes]
 
 
-class BatchAugmenter:
-    """An in-memory train loader: normalises and augments whole batches at once (no workers).
-
-    Holds uint8 images [N, 3, H, W] and labels [N]; each pass yields shuffled `(x float
-    [B, 3, H, W], y [B])`, normalised with `mean`/`std`, randomly flipped left-right and shifted
-    by up to `shift` pixels (reflection padding), with all images of a batch augmented in a few
-    tensor operations. On a 2-core CPU this beats a DataLoader with workers. `len()` is the
-    number of batches, so it works with `cu.train.fit` and one-cycle schedules.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], shift: int = 2,
-                 flip: bool = True, drop_last: bool = True, channels_last: bool = False) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"BatchAugmenter wants uint8 images [N, C, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}: pass data.train_x from cu.data.load_cifar10.")
-        mean_t = torch.tensor(mean).view(1, -1, 1, 1)  # [1, C, 1, 1]
-        std_t = torch.tensor(std).view(1, -1, 1, 1)  # [1, C, 1, 1]
-        self.images = (images.float() / 255 - mean_t) / std_t  # [N, C, H, W], normalised once
-        self.labels, self.batch_size, self.shift, self.flip = labels, batch_size, shift, flip
-        self.drop_last, self.channels_last = drop_last, channels_last
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random flip and shift of a batch [B, C, H, W] -> [B, C, H, W]."""
-        if self.flip:
-            flip = torch.rand(len(x)) < 0.5  # [B]
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # [B, C, H, W]
-        if self.shift:
-            s, (h, w) = self.shift, x.shape[-2:]
-            padded = F.pad(x, (s, s, s, s), mode="reflect")  # [B, C, H+2s, W+2s]
-            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()  # one shift per batch
-            x = padded[:, :, dy:dy + h, dx:dx + w]  # [B, C, H, W]
-        return x
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.labels))  # [N]
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]  # [B]
-            x = self._augment(self.images[index])  # [B, C, H, W]
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[index]
-
-
-class EMA(nn.Module):
-    """An exponential moving average of a model's weights, used for evaluation.
-
-    `ema = EMA(model, decay=0.98)`; call `ema.update(model)` after optimiser steps and evaluate
-    `ema` (it is a frozen copy of the model, called like it: images [B, ...] -> outputs). BatchNorm
-    statistics are copied from the model, not averaged.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.98) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the weights a step (1 - decay) towards `model`'s; copy its BatchNorm statistics."""
-        for average, current in zip(self.model.parameters(), model.parameters()):
-            average.lerp_(current, 1 - self.decay)
-        for average, current in zip(self.model.buffers(), model.buffers()):
-            average.copy_(current)  # averaged statistics would not match the averaged weights early on
-
-    def train(self, mode: bool = True) -> "EMA":
-        """Stay in eval mode: the average is only ever evaluated."""
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs of the averaged model for inputs x."""
-        return self.model(x)
-
-
-@torch.no_grad()
-def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Test-time augmentation: the mean of the logits of x [B, C, H, W] and of x flipped left-right -> [B, K]."""
-    return (model(x) + model(x.flip(-1))) / 2  # [B, K]
-
-
 # --- Labs 5-6: autoencoders ---
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
@@ -383,55 +294,3 @@ class MultiLayerFeatures(nn.Module):
         maps = [F.avg_pool2d(m, self.pool, stride=1, padding=self.pool // 2) for m in feats.values()]
         maps = [_resize(m, size) for m in maps]  # each [B, C_i, h, w]
         return torch.cat(maps, dim=1)  # [B, C_total, h, w]
-
-
-def _triangle(progress: float, peak_at: float = 0.25) -> float:
-    """Learning-rate factor for training `progress` in [0, 1]: 0.1 -> 1 (warm-up) -> 0 (linear decay)."""
-    if progress < peak_at:
-        return 0.1 + 0.9 * progress / peak_at
-    return max(0.0, (1 - progress) / (1 - peak_at))
-
-
-def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tensor, *,
-                   mean: tuple[float, ...], std: tuple[float, ...], epochs: int,
-                   device: torch.device, budget_s: float | None = None, batch_size: int = 256,
-                   lr: float = 0.2, weight_decay: float = 5e-4, label_smoothing: float = 0.2,
-                   ema_decay: float = 0.5, ema_every: int = 5, flip: bool = True,
-                   channels_last: bool = True, amp_dtype: torch.dtype | None = None) -> EMA:
-    """The speed-run recipe: whitening init, in-memory augmentation, Nesterov SGD, label smoothing, EMA.
-
-    `images` uint8 [N, 3, H, W] and `labels` int64 [N] are the training set. The whitening layer
-    is set from the (normalised) images, then the model trains for `epochs` epochs with a
-    warm-up/linear-decay learning rate, or fewer when `budget_s` seconds run out first (the
-    schedule then follows the clock, so training always ends inside the budget). `flip=False`
-    turns off the mirror augmentation (for data where left and right matter). Returns the
-    `EMA` of the weights; evaluate it with `flip_tta`, on inputs in `channels_last` if it was used.
-    """
-    start = time.perf_counter()  # the budget counts the set-up too
-    loader = BatchAugmenter(images, labels, batch_size, mean, std, flip=flip, channels_last=channels_last)
-    model.init_whitening(loader.images[:5000])
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on CPU and GPU
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    ema, step, total = EMA(model, ema_decay), 0, epochs * len(loader)
-    model.train()
-    for x, y in (batch for _ in range(epochs) for batch in loader):
-        clock = (time.perf_counter() - start) / budget_s if budget_s else 0.0
-        progress = max(step / total, clock)
-        if progress >= 1:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr * _triangle(progress)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype):
-            loss = loss_fn(model(x), y)  # [] mean over the batch
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % ema_every == 0:
-            ema.update(model)
-    return ema

@@ -123,4 +123,7 @@ def test_patchcore_bank_size_and_clear_errors(backbone) -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         model.fit(_stripes(2) * 255)
     model.fit(_stripes(3))
-    assert model.memory_bank.shape == (round(0.1 * 3 * 12 * 12), 40 + 112)  # blocks.2 is 12x12 at 96 px
+    assert model.memory_bank.shape == (round(0.1 * 3 * 12 * 12), 40 + 80)  # blocks.2 is 12x12 at 96 px
+    stages = model.embed(_stripes(3)).split([40, 80], dim=1)  # good images: each stage scaled by fit
+    for stage in stages:
+        assert stage.norm(dim=1).mean().item() == pytest.approx(1.0, rel=1e-3)

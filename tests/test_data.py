@@ -75,6 +75,26 @@ def test_data_dir_env_and_repo(monkeypatch, tmp_path):
     assert cd._default_data_dir() == repo / "data"  # this checkout has pyproject.toml
 
 
+def test_build_dir_is_in_the_checkout_whatever_the_current_folder(monkeypatch, tmp_path):
+    repo = Path(cd.__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)  # e.g. a notebook running in build/student/
+    assert cd.build_dir() == repo / "build"
+    assert not (tmp_path / "build").exists()
+    monkeypatch.setattr(cd, "_checkout_root", lambda: tmp_path / "course")
+    folder = cd.build_dir("lab9", "runs")
+    assert folder == tmp_path / "course" / "build" / "lab9" / "runs" and folder.is_dir()
+    assert cd.build_dir("lab9", "runs") == folder  # again: no error, same folder
+
+
+def test_build_dir_without_a_checkout_is_under_the_current_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(cd, "_checkout_root", lambda: None)  # installed from PyPI/git, as on Colab
+    monkeypatch.chdir(tmp_path)  # Colab runs notebooks in /content
+    folder = cd.build_dir("lab4")
+    assert folder.resolve() == (tmp_path / "build" / "lab4").resolve() and folder.is_dir()
+    monkeypatch.delenv("COURSE_DATA", raising=False)
+    assert cd._default_data_dir().resolve() == (tmp_path / "data").resolve()
+
+
 def test_read_image_modes_and_sizes(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 0] = 255
@@ -508,3 +528,32 @@ def test_default_anomaly_root(tmp_path, monkeypatch, capsys):
     write_mvtec(tmp_path / "mvtec" / "bottle")
     assert cd.default_anomaly_root(root=tmp_path) == tmp_path / "mvtec" / "bottle"
     assert "MVTec AD category 'bottle'" in capsys.readouterr().out
+
+
+def test_batch_augmenter_yields_normalised_shifted_batches() -> None:
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    loader = cd.BatchAugmenter(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,
+                                   std=(0.25,) * 3, shift=0, flip=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2  # drop_last
+    x, y = batches[0]
+    expected = (images[y].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(x, expected)
+    with pytest.raises(ValueError, match="uint8"):
+        cd.BatchAugmenter(images.float(), torch.arange(10), 4, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_batch_augmenter_shifts_and_flips_each_image_on_its_own() -> None:
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    loader = cd.BatchAugmenter(images, torch.arange(64), batch_size=64, mean=(0.0,) * 3, std=(1 / 255,) * 3,
+                               shift=2, flip=True)
+    x, y = next(iter(loader))  # [64, 3, 8, 8]: pixel values again, as floats
+    seen = set()
+    for image, label in zip(x, y):
+        padded = torch.nn.functional.pad(images[label].float()[None], (2, 2, 2, 2), mode="reflect")[0]
+        found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                 if torch.allclose((padded.flip(-1) if f else padded)[:, dy:dy + 8, dx:dx + 8], image, atol=1e-3)]
+        assert found, "every output must be a flipped and/or shifted copy of its own image"
+        seen.add(found[0])
+    assert len(seen) > 10  # shifts and flips differ from image to image within one batch

@@ -176,6 +176,47 @@ def test_student_edition_runs_and_checkers_see_the_stub(tmp_path):
     assert [o for o in solution_out if "solved" in o] == ["solved: 4\n", "solved: 3\n"]
 
 
+def answer_and_other_lines(nb: nbformat.NotebookNode) -> tuple[set[str], set[str]]:
+    """The stripped code lines of `nb` inside its solution regions (stubs excluded), and those outside.
+
+    Parsed here, not with `editions`, so that a bug in the tool cannot hide itself.
+    """
+    answers, others = set(), set()
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        inside = False
+        for text in (line.strip() for line in cell.source.splitlines()):
+            if text in (editions.BEGIN, editions.END):
+                inside = text == editions.BEGIN
+            elif inside and not text.startswith(editions.STUB):
+                answers.add(text)
+            elif not inside:
+                others.add(text)
+    return answers - {""}, others
+
+
+LABS = sorted((REPO / "notebooks").glob(editions.NOTEBOOK_GLOB))
+
+
+@pytest.mark.parametrize("lab", LABS, ids=[p.name for p in LABS])
+def test_student_editions_of_the_labs_hold_no_answer_line(lab, tmp_path):
+    """What `make student` writes (and `make test` runs): no answer line in any cell, no marker, stubs in place.
+
+    A line that the lab also has outside its answers (e.g. `loss.backward()` in a training loop
+    shown earlier) may stay; every other line of a solution region must be gone from every cell.
+    """
+    [written] = editions.write_student_editions(lab, tmp_path)
+    original, student = nbformat.read(lab, as_version=4), nbformat.read(written, as_version=4)
+    answers, others = answer_and_other_lines(original)
+    text = "\n".join(c.source for c in student.cells)
+    leaked = (answers - others) & {line.strip() for line in text.splitlines()}
+    assert not leaked, f"answer lines in the student edition: {sorted(leaked)}"
+    for marker in (editions.BEGIN, editions.END, editions.STUB):
+        assert marker not in text, f"{marker!r} left in the student edition"
+    assert [(c.cell_type, c.source) for c in student.cells] == [
+        (c.cell_type, editions.stub_solution(c.source) if "solution" in editions.cell_tags(c) else c.source)
+        for c in original.cells], "the student edition must be the lab with each answer replaced by its stub"
+
+
 # ---------------------------------------------------------------------------------------------
 # slide metadata
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +275,7 @@ def test_slides_render_and_load_reveal_from_a_local_copy(tmp_path):
     urls = re.findall(r'<(?:script|link)\b[^>]*?(?:src|href)="([^"]+)"', page)
     reveal = [u for u in urls if "reveal" in u]
     assert {"reveal.js/dist/reveal.js", "reveal.js/dist/reveal.css"} <= set(reveal)
-    assert not [u for u in urls if re.match(r"https?://", u) and "mathjax" not in u], urls
+    assert not [u for u in urls if re.match(r"https?://", u)], urls
     for url in reveal:
         assert (out / url).is_file(), f"{url} is referenced but not copied"
     assert "Reveal.initialize" in page and "require.js" not in page
@@ -242,3 +283,36 @@ def test_slides_render_and_load_reveal_from_a_local_copy(tmp_path):
     # 3 slides (title, section 1, summary), each an outer and an inner <section>, + 4 sub-slides
     assert len(sections) == 2 * 3 + 4
     assert "Exercise 2: a table" in page and 'class="fragment"' in page
+
+
+MATH = ("## 1. A formula\n\nThe loss $J = (y - \\hat{y})^2$, its gradient "
+        "$$\\frac{\\partial J}{\\partial w} = -2 (y - \\hat{y}) x$$")
+
+
+def test_slides_load_mathjax_from_a_local_copy(tmp_path):
+    """Formulas render offline: MathJax comes from a copy next to the slides, never from a CDN."""
+    src, out = tmp_path / "notebooks", tmp_path / "slides"
+    src.mkdir()
+    nb = lab_notebook()
+    nb.cells[3].source = MATH
+    nbformat.write(nb, src / "01_squares.ipynb")
+    assert editions.main(["slides", str(src), str(out)]) == 0
+    page = (out / "01_squares.slides.html").read_text()
+    assert not re.search(r"https?://[^\"'\s]*(mathjax|katex)", page, re.I), "math must not come from the network"
+    scripts = re.findall(r'<script\b[^>]*\bsrc="([^"]+)"', page)
+    math = [u for u in scripts if re.search("mathjax|katex", u, re.I)]
+    assert math == [editions.MATHJAX_URL], scripts
+    path, _, query = math[0].partition("?")
+    assert (out / path).is_file(), f"{path} is referenced but not copied"
+    for config in re.fullmatch(r"config=(.+)", query).group(1).split(","):
+        assert (out / "mathjax" / "config" / f"{config}.js").is_file(), f"MathJax config {config} is missing"
+    assert 'webFont: "STIX-Web"' in page, "the template must ask for the one web font the copy ships"
+    assert list((out / "mathjax" / "fonts" / "HTML-CSS" / "STIX-Web" / "woff").glob("*.woff"))
+    assert "\\frac{\\partial J}{\\partial w}" in page  # the TeX reaches the page for MathJax to typeset
+
+
+def test_slides_without_mathjax_say_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(editions, "MATHJAX_PACKAGE", "no_such_mathjax_package")
+    nbformat.write(lab_notebook(), tmp_path / "01_squares.ipynb")
+    assert editions.main(["slides", str(tmp_path / "01_squares.ipynb"), str(tmp_path / "slides")]) == 1
+    assert "make install" in capsys.readouterr().err

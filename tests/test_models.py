@@ -71,30 +71,3 @@ def test_speedrun_net_freezes_its_whitening_layer() -> None:
     assert not model.whiten.weight.requires_grad
     assert not any(block.bn1.weight.requires_grad for block in model.blocks)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_batch_augmenter_yields_normalised_shifted_batches() -> None:
-    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
-    loader = models.BatchAugmenter(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,
-                                   std=(0.25,) * 3, shift=0, flip=False)
-    batches = list(loader)
-    assert len(batches) == len(loader) == 2  # drop_last
-    x, y = batches[0]
-    expected = (images[y].float() / 255 - 0.5) / 0.25
-    torch.testing.assert_close(x, expected)
-    with pytest.raises(ValueError, match="uint8"):
-        models.BatchAugmenter(images.float(), torch.arange(10), 4, (0.5,) * 3, (0.25,) * 3)
-
-
-def test_ema_moves_towards_the_model_and_flip_tta_is_flip_invariant() -> None:
-    model = nn.Linear(2, 1)
-    ema = models.EMA(model, decay=0.5)
-    before = ema.model.weight.clone()
-    with torch.no_grad():
-        model.weight.add_(2.0)
-    ema.update(model)
-    torch.testing.assert_close(ema.model.weight, before + 1.0)
-    net = models.BetterNet((4,))
-    net.eval()
-    x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(models.flip_tta(net, x), models.flip_tta(net, x.flip(-1)))

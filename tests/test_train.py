@@ -1,6 +1,7 @@
 """Tests of course_utils.train: the loop learns, checkpoints round-trip, early stopping stops."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_utils import metrics
-from course_utils.train import History, evaluate, fit, load_checkpoint, predict, save_checkpoint, train_one_epoch
+from course_utils.models import BetterNet, SpeedRunNet
+from course_utils.train import (EMA, History, evaluate, fit, flip_tta, load_checkpoint, predict, save_checkpoint,
+                                train_one_epoch, train_speedrun)
 
 CPU = torch.device("cpu")
 
@@ -127,3 +130,32 @@ def test_predict_and_autoencoder_batches():
     history = fit(autoencoder, loader, loader, epochs=6, device=CPU, loss_fn=nn.MSELoss(), progress=False,
                   optimizer=torch.optim.Adam(autoencoder.parameters(), lr=1e-2))
     assert history.valid_loss[-1] < 0.3 * history.valid_loss[0]
+
+
+def test_ema_moves_towards_the_model_and_flip_tta_is_flip_invariant() -> None:
+    model = nn.Linear(2, 1)
+    ema = EMA(model, decay=0.5)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.model.weight, before + 1.0)
+    net = BetterNet((4,))
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(flip_tta(net, x), flip_tta(net, x.flip(-1)))
+
+
+def test_train_speedrun_learns_and_keeps_its_time_budget():
+    torch.manual_seed(0)
+    labels = torch.arange(256) % 2  # [256]: class 1 images are bright, class 0 dark
+    images = (torch.rand(256, 3, 32, 32) * 100 + labels[:, None, None, None] * 120).to(torch.uint8)
+    model = SpeedRunNet((8, 16, 16))
+    ema = train_speedrun(model, images, labels, mean=(0.5,) * 3, std=(0.25,) * 3, epochs=4,
+                         device=torch.device("cpu"), batch_size=32, channels_last=False)
+    x = (images.float() / 255 - 0.5) / 0.25  # [256, 3, 32, 32]
+    assert metrics.accuracy(flip_tta(ema, x), labels) > 0.9
+    start = time.perf_counter()
+    train_speedrun(SpeedRunNet((8, 16, 16)), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3,
+                   epochs=10_000, budget_s=1.0, device=torch.device("cpu"), batch_size=32)
+    assert time.perf_counter() - start < 3.0  # the clock ends training, not the epoch count

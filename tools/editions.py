@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import html
+import importlib.util
 import re
 import shutil
 import sys
@@ -25,6 +26,8 @@ import nbformat
 TOOLS_DIR = Path(__file__).resolve().parent
 REVEAL_DIR = TOOLS_DIR / "vendor" / "reveal.js"  # reveal.js 4.0.2, copied next to the slides
 TEMPLATE_DIR = TOOLS_DIR / "slides_template"  # holds offline_reveal/: nbconvert's reveal, no CDN
+MATHJAX_PACKAGE = "jupyter_server_mathjax"  # a dev dependency that ships MathJax 2.7 in static/
+MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # relative to the slides
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
 BEGIN, END, STUB = "# BEGIN SOLUTION", "# END SOLUTION", "# STUB:"
@@ -178,15 +181,17 @@ def render_slides(src: Path, out_dir: Path, execute: bool = False, timeout: int 
 
     Slide metadata is added to an in-memory copy (the notebook file is not touched); `execute`
     runs it first so the slides show figures. reveal.js is copied to `out_dir/reveal.js/` and
-    the slides load it from there, so they open with no network (math needs MathJax from its CDN).
+    MathJax to `out_dir/mathjax/`, and the slides load both from there, so they open, formulas
+    included, with no network.
     """
     from nbconvert import SlidesExporter  # imported here: `student` needs no nbconvert
     from nbconvert.preprocessors import ExecutePreprocessor
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REVEAL_DIR, out_dir / "reveal.js", dirs_exist_ok=True)
+    shutil.copytree(mathjax_dir(), out_dir / "mathjax", dirs_exist_ok=True)
     exporter = SlidesExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_name="offline_reveal",
-                              reveal_url_prefix="reveal.js", reveal_theme="white",
+                              reveal_url_prefix="reveal.js", reveal_theme="white", mathjax_url=MATHJAX_URL,
                               exclude_input_prompt=True, exclude_output_prompt=True)
     written = []
     for path in find_notebooks(src):
@@ -202,6 +207,22 @@ def render_slides(src: Path, out_dir: Path, execute: bool = False, timeout: int 
         written.append(target)
     write_index(written, out_dir / "index.html")
     return written
+
+
+def mathjax_dir() -> Path:
+    """The folder of MathJax 2.7 files (`MathJax.js`, `config/`, `jax/`, fonts) that the slides load.
+
+    It is the `static/` folder of the installed `jupyter-server-mathjax` package, a dev dependency
+    (`make install`); the package is located, not imported. Raises ValueError saying how to
+    install it when it is missing.
+    """
+    spec = importlib.util.find_spec(MATHJAX_PACKAGE)
+    locations = spec.submodule_search_locations if spec else None
+    folder = Path(locations[0]) / "static" if locations else None
+    if folder is None or not (folder / "MathJax.js").is_file():
+        raise ValueError("MathJax for offline slides is missing: run `make install` "
+                         "(or `pip install jupyter-server-mathjax`)")
+    return folder
 
 
 def write_index(slides: list[Path], target: Path) -> None:
