@@ -316,3 +316,18 @@ def test_slides_without_mathjax_say_how_to_install_it(tmp_path, monkeypatch, cap
     nbformat.write(lab_notebook(), tmp_path / "01_squares.ipynb")
     assert editions.main(["slides", str(tmp_path / "01_squares.ipynb"), str(tmp_path / "slides")]) == 1
     assert "make install" in capsys.readouterr().err
+
+
+def test_make_slides_renders_every_lab_for_offline_use(tmp_path):
+    """What `make slides` does to the real labs: one deck each, every script and style sheet local."""
+    out = tmp_path / "slides"
+    assert editions.main(["slides", str(REPO / "notebooks"), str(out)]) == 0
+    decks = sorted(p.name for p in out.glob("*.slides.html"))
+    assert decks == [lab.name.replace(".ipynb", ".slides.html") for lab in LABS]
+    for deck in decks:
+        page = (out / deck).read_text()
+        urls = re.findall(r'<(?:script|link)\b[^>]*?(?:src|href)="([^"]+)"', page)
+        assert urls and not [u for u in urls if re.match(r"https?://", u)], (deck, urls)
+        for url in urls:
+            assert (out / url.partition("?")[0]).is_file(), f"{deck} loads {url}, which was not copied"
+        assert len(re.findall(r"<section\b", page)) > 10, f"{deck} has almost no slides"
