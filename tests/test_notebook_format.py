@@ -1,8 +1,9 @@
-"""Every notebooks/NN_*.ipynb follows CONTRIBUTING.md: clean, same header, exercises with stubs, a summary.
+"""Every notebooks/NN_*.ipynb follows CONTRIBUTING.md: clean, same header, exercises with stubs, the four closing cells.
 
 One test per rule and notebook, parametrised over the notebooks that exist, so a new lab is checked
 the moment it lands. Lab 0 (`00_setup`) checks the machine and has no exercises: the lab-only rules
-(parameters cell, exercises, summary) apply from lab 1 on.
+(parameters cell, exercises) apply from lab 1 on; the closing cells (summary, questionnaire,
+further research, references) are required in every notebook.
 """
 
 from __future__ import annotations
@@ -93,11 +94,40 @@ def test_setup_cell_before_the_first_section(path):
 
 
 @pytest.mark.parametrize("path", **by_name(LABS))
-def test_lab_has_a_parameters_cell_and_a_summary(path):
+def test_lab_has_a_parameters_cell(path):
     cells = read(path).cells
     assert [c for c in cells if c.cell_type == "code" and "parameters" in tags(c)], "no cell tagged `parameters`"
-    assert cells[-1].cell_type == "markdown" and cells[-1].source.startswith("## Summary"), \
-        "the last cell must be the `## Summary` markdown cell"
+
+
+CLOSING = ("## Summary", "## Questionnaire", "## Further research", "## References")
+
+
+def numbered_items(text: str) -> list[str]:
+    """The items of the numbered markdown list(s) in `text` (lines starting with `1.`, `2.`, ...)."""
+    return re.findall(r"^\s*\d+\.\s+(.+)$", text, re.M)
+
+
+@pytest.mark.parametrize("path", **by_name(NOTEBOOKS))
+def test_lab_ends_with_summary_questionnaire_further_research_references(path):
+    """CONTRIBUTING.md's rule 4: the last four cells, in this order, the last cell being References."""
+    cells = read(path).cells
+    last = cells[-len(CLOSING):]
+    found = [c.source.splitlines()[0] if c.source else "" for c in last]
+    assert all(c.cell_type == "markdown" for c in last) and found == list(CLOSING), \
+        f"the last four cells must be markdown cells headed {list(CLOSING)} in this order; found {found}"
+    elsewhere = [i for i, c in enumerate(cells[:-len(CLOSING)]) if c.source.splitlines()[:1] and
+                 c.source.splitlines()[0] in CLOSING]
+    assert not elsewhere, f"cells {elsewhere} repeat a closing heading before the end"
+    summary, questions, research, references = (c.source for c in last)
+    assert len(summary.split()) >= 30, "the Summary says what we learned, what to try next, where it is used"
+    assert 6 <= len(numbered_items(questions)) <= 10, \
+        f"the Questionnaire has 6-10 numbered questions (found {len(numbered_items(questions))})"
+    assert 1 <= len(numbered_items(research)) <= 3, "Further research lists 1-3 numbered open tasks"
+    entries = [line for line in references.splitlines() if line.lstrip().startswith(("-", "*"))]
+    assert entries, "References lists its sources as a bulleted list"
+    for entry in entries:
+        assert re.search(r"https?://", entry) and re.search(r"\b(19|20)\d\d\b", entry), \
+            f"a reference needs its year and a link: {entry.strip()[:80]}"
 
 
 @pytest.mark.parametrize("path", **by_name(LABS))
