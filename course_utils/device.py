@@ -102,6 +102,21 @@ def cuda_summary() -> str:
     return "no GPU found (this PyTorch build is CPU-only)"
 
 
+def cpu_bf16_instructions() -> list[str]:
+    """The CPU's instruction-set flags for native bfloat16 arithmetic, e.g. `['amx_bf16', 'avx512_bf16']`.
+
+    CPUs with these (Intel AMX or AVX512-BF16, ARM's BF16 extension, shown as `bf16`) multiply
+    bfloat16 matrices in hardware; without them PyTorch emulates bfloat16 by converting to float32
+    and back, which is slower. Read from `/proc/cpuinfo` (Linux); elsewhere the list is empty.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = {word for line in cpuinfo if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return []
+    return sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
 def device_report(device: torch.device) -> str:
     """One line that says where the lab runs: device, its name, torch version, threads, AMP dtype."""
     if device.type == "cuda":

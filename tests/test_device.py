@@ -111,3 +111,13 @@ def test_env_report_warns_about_a_mismatched_torchvision():
     report["timm"] = "not installed"
     with pytest.warns(UserWarning, match="timm is missing"):
         cu._warn_bad_combinations(report)
+
+
+def test_cpu_bf16_instructions_reads_the_flags(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert dev.cpu_bf16_instructions() == ["amx_bf16", "avx512_bf16"]
+    cpuinfo.write_text("flags: fpu sse2 avx2\n")
+    assert dev.cpu_bf16_instructions() == []
