@@ -195,13 +195,16 @@ def _to_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def conv_explorer(image: np.ndarray, kernels: dict[str, np.ndarray] | None = None) -> ipywidgets.VBox:
+def conv_explorer(image: np.ndarray, kernels: dict[str, np.ndarray] | None = None,
+                  pixels_per_value: int = 2) -> ipywidgets.VBox:
     """An ipywidgets app: pick a kernel, a stride and a padding with sliders, see the output.
 
     `image` is a 2-D grayscale array [H, W]. Returns an `ipywidgets.VBox` holding three sliders
     (kernel, stride, padding), the input and output images side by side, and a text line
-    `output shape: (H', W')` that updates with every slider move. Display it in a notebook cell
-    (it is also usable without a browser: change `box.children[0].value` and read the text).
+    `output shape: (H', W')` that updates with every slider move. Input and output are drawn at
+    the same scale, `pixels_per_value` screen pixels per array value, so a stride of 2 shows a
+    half-size output and padding a larger one. Display it in a notebook cell (it is also usable
+    without a browser: change `box.children[0].value` and read the text).
     """
     import ipywidgets as widgets
 
@@ -212,16 +215,24 @@ def conv_explorer(image: np.ndarray, kernels: dict[str, np.ndarray] | None = Non
     stride_slider = widgets.IntSlider(value=1, min=1, max=4, description="stride", continuous_update=False)
     padding_slider = widgets.IntSlider(value=0, min=0, max=4, description="padding", continuous_update=False)
     shape_text = widgets.HTML()
-    size = {"width": "256px", "height": "256px"}
-    before = widgets.Image(value=_to_png(image), format="png", layout=size)
-    after = widgets.Image(format="png", layout=size)
+
+    def layout(shape: tuple[int, ...]) -> dict[str, str]:
+        """Screen size of an array of `shape` [H, W] at the common scale (no stretching)."""
+        return {"width": f"{shape[1] * pixels_per_value}px", "height": f"{shape[0] * pixels_per_value}px",
+                "object_fit": "fill", "margin": "0 12px 0 0"}
+
+    before = widgets.Image(value=_to_png(image), format="png", layout=layout(image.shape))
+    after = widgets.Image(format="png", layout=layout(image.shape))
 
     def update(_change: object = None) -> None:
         out = conv2d_fast(image, kernels[kernel_slider.value], stride_slider.value, padding_slider.value)  # [H', W']
         after.value = _to_png(out)
-        shape_text.value = f"input shape: {image.shape} &rarr; <b>output shape: {out.shape}</b>"
+        after.layout.width, after.layout.height = layout(out.shape)["width"], layout(out.shape)["height"]
+        shape_text.value = (f"input shape: {image.shape} &rarr; <b>output shape: {out.shape}</b> "
+                            f"(both drawn at {pixels_per_value} screen pixels per value)")
 
     for slider in (kernel_slider, stride_slider, padding_slider):
         slider.observe(update, names="value")
     update()
-    return widgets.VBox([kernel_slider, stride_slider, padding_slider, widgets.HBox([before, after]), shape_text])
+    return widgets.VBox([kernel_slider, stride_slider, padding_slider,
+                         widgets.HBox([before, after], layout={"align_items": "flex-start"}), shape_text])

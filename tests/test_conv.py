@@ -123,3 +123,5 @@ def test_conv_explorer_updates_output_and_shape_text():
     assert "output shape: (20, 15)" in text.value
     kernel.value = "sharpen"
     assert images.children[1].value != first_png
+    before, after = images.children  # same scale: the stride-2 output is drawn half as wide as the input
+    assert before.layout.width == "60px" and after.layout.width == "30px" and after.layout.height == "40px"
