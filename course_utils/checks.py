@@ -464,7 +464,8 @@ def check_train_step(fn: Any) -> bool:
 
     import torch
 
-    name, hint = "train_step", "optimizer.zero_grad(); loss = criterion(net(inputs), labels); loss.backward(); optimizer.step(); return loss.item()"
+    name, hint = "train_step", ("the slides' five steps, in order: clear the old gradients, forward, loss, backward, "
+                                "update; return the loss as a plain Python number")
     if not callable(fn):
         return report(False, f"{name}: {NOT_SOLVED}", hint)
     torch.manual_seed(0)
@@ -507,7 +508,8 @@ def check_smooth_labels(fn: Any) -> bool:
     cases = [((labels, k, eps), reference_smooth_labels(labels, k, eps))
              for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2), (torch.tensor([1]), 2, 0.0)]]
     return check_function(fn, cases, "smooth_labels",
-                          "one_hot(labels, K) * (1 - eps) + eps / K: the true class keeps 1 - eps + eps/K, every class gets eps/K")
+                          "every class gets an equal share of eps and the true class keeps the rest of the "
+                          "probability; each row must still sum to 1")
 
 
 def reference_flip_tta(model: Callable, images: Any) -> Any:
@@ -523,7 +525,8 @@ def check_flip_tta(fn: Any) -> bool:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 6)).requires_grad_(False)
     cases = [((model, x), reference_flip_tta(model, x)) for x in (torch.randn(2, 3, 4, 5), torch.randn(7, 3, 4, 5))]
     return check_function(fn, cases, "tta_logits",
-                          "a left-right mirror flips the last (width) axis: images.flip(-1); average the two logits")
+                          "a left-right mirror reverses the width axis (which one is it in [B, C, H, W]?); "
+                          "average the model's logits for the image and for its mirror")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,8 +557,9 @@ def check_pca_reconstruct(fn: Any) -> bool:
         components = torch.linalg.qr(a)[0].T[:k]  # [k, D], orthonormal rows
         cases.append(((x, mean, components), reference_pca_reconstruct(x, mean, components)))
     return check_function(fn, cases, "pca_reconstruct",
-                          "centre (x - mean), project (@ components.T gives the codes [N, k]), "
-                          "map back (@ components) and add the mean again", atol=1e-5)
+                          "three steps: centre the data, find each row's coordinates along the k components "
+                          "(the codes, [N, k]), then rebuild the rows from their codes and undo the centring",
+                          atol=1e-5)
 
 
 def reference_topk_score(maps: Any, fraction: float) -> Any:
@@ -571,8 +575,8 @@ def check_topk_score(fn: Any) -> bool:
              [(_lab56_tensors(0, (4, 10, 10))[0], 0.05), (_lab56_tensors(1, (3, 16, 16))[0], 0.001),
               (_lab56_tensors(2, (2, 8, 8))[0], 1.0)]]
     return check_function(fn, cases, "topk_score",
-                          "flatten each map to [N, H*W]; k = max(1, round(fraction * H*W)); "
-                          "tensor.topk(k, dim=1).values.mean(dim=1)", atol=1e-5)
+                          "per image: how many pixels is `fraction` of the map (at least one)? average the "
+                          "largest that many values", atol=1e-5)
 
 
 def reference_count_mistakes(labels: Any, scores: Any, threshold: float) -> tuple[int, int]:
@@ -589,8 +593,8 @@ def check_count_mistakes(fn: Any) -> bool:
     scores = torch.tensor([0.1, 0.5, 0.3, 0.2, 0.9, 0.5, 0.05, 0.7])
     cases = [((labels, scores, t), reference_count_mistakes(labels, scores, t)) for t in (0.0, 0.3, 0.5, 1.0)]
     return check_function(fn, cases, "count_mistakes",
-                          "flagged = scores >= threshold; a false alarm is flagged and good (label 0), "
-                          "a miss is not flagged and defective (label 1); return two ints", atol=0)
+                          "an image is flagged when its score reaches the threshold; a false alarm is a flagged "
+                          "good image, a miss an unflagged defective one; return two ints", atol=0)
 
 
 def reference_gram_matrix(features: Any) -> Any:
@@ -604,7 +608,8 @@ def check_gram_matrix(fn: Any) -> bool:
     cases = [((f,), reference_gram_matrix(f)) for f in
              (_lab56_tensors(0, (1, 3, 4, 4))[0], _lab56_tensors(1, (2, 8, 5, 7))[0])]
     return check_function(fn, cases, "gram_matrix",
-                          "flatten to [B, C, h*w], multiply by its transpose (batched @), divide by h*w",
+                          "entry (i, j) compares channel i with channel j over all positions: an average of "
+                          "products; batched matrix products do all pairs at once",
                           atol=1e-5)
 
 
@@ -618,7 +623,7 @@ def check_feature_error(fn: Any) -> bool:
     cases = [(tuple(args), reference_feature_error(*args)) for args in
              (_lab56_tensors(0, (2, 5, 3, 3), (2, 5, 3, 3)), _lab56_tensors(1, (4, 16, 6, 8), (4, 16, 6, 8)))]
     return check_function(fn, cases, "feature_error",
-                          "square the difference and average over the channel dimension (dim=1)", atol=1e-6)
+                          "a squared error per value, then one average per position: over which axis?", atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,8 +650,8 @@ def check_patch_scores(fn: Any) -> bool:
     cases = [(tuple(_torch_cases(s, (p, d), (m, d))), None) for s, (p, m, d) in enumerate([(5, 7, 3), (40, 12, 16), (1, 3, 2)])]
     cases = [(args, reference_patch_scores(*args)) for args, _ in cases]
     return check_function(fn, cases, "patch_scores",
-                          "torch.cdist(test_patches, bank) is [P, M]; take the minimum over the bank (dim=1), "
-                          "Euclidean distance, not squared", atol=1e-4)
+                          "each test patch scores the distance to its nearest memory-bank entry (Euclidean, "
+                          "not squared)", atol=1e-4)
 
 
 def reference_farthest_points(points: Any, n: int, first: int = 0) -> Any:
@@ -666,8 +671,9 @@ def check_farthest_points(fn: Any) -> bool:
     cases = [((pts, n, first), reference_farthest_points(pts, n, first))
              for pts, n, first in [(_torch_cases(0, (50, 2))[0], 6, 0), (_torch_cases(1, (200, 8))[0], 20, 7)]]
     return check_function(fn, cases, "farthest_points",
-                          "keep a vector of each point's distance to its nearest chosen point; add the argmax; "
-                          "update the vector with torch.minimum", atol=0)
+                          "greedy: the next point is the one farthest from everything chosen so far; keep each "
+                          "point's distance to its nearest chosen point up to date instead of recomputing it",
+                          atol=0)
 
 
 def reference_mahalanobis(x: Any, mean: Any, cov: Any) -> Any:
@@ -688,8 +694,8 @@ def check_mahalanobis(fn: Any) -> bool:
         cov = a @ a.T + 0.5 * torch.eye(c)  # [C, C], symmetric positive definite
         cases.append(((x, mean, cov), reference_mahalanobis(x, mean, cov)))
     return check_function(fn, cases, "mahalanobis",
-                          "delta = x - mean; the squared distance is delta^T cov^-1 delta per row "
-                          "(torch.linalg.inv, then a row-wise sum); take the square root", atol=1e-3)
+                          "like a Euclidean distance to the mean, but measured with the inverse covariance; "
+                          "one quadratic form per row, then the square root", atol=1e-3)
 
 
 def _register(name: str, checker_name: str, reference: Any) -> None:
