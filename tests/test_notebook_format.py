@@ -170,3 +170,22 @@ def test_student_edition_hides_answers_and_stays_valid_python(path):
         leaked = [line for line in answer_lines(original.source) if line in student_lines]
         assert not leaked, f"cell {i}: the student edition still shows {leaked}"
         ast.parse(python_source(cell.source), f"{path.name}, student cell {i}")  # the stub is valid Python
+
+
+@pytest.mark.parametrize("path", **by_name(NOTEBOOKS))
+def test_no_answer_is_shown_above_its_exercise(path):
+    """Rule 3: no line of an answer (20+ characters) appears in a cell above its exercise, and no cell above
+    prints the source of a course_utils function with the exercise's name."""
+    cells = read(path).cells
+    for i, cell in enumerate(cells):
+        if "solution" not in tags(cell):
+            continue
+        answer = {line for line in answer_lines(cell.source) if len(line) >= 20 and not line.startswith("#")}
+        above = cells[:i - 1]  # everything before the exercise's task cell
+        leaked = [(k, line) for k, c in enumerate(above) for line in answer
+                  if line in {text.strip() for text in c.source.splitlines()}]
+        assert not leaked, f"cell {i}: answer line(s) shown above the exercise, in cell(s) {leaked}"
+        names = re.findall(r"^def (?:my_)?(\w+)\(", cell.source, re.M)
+        shown = [k for k, c in enumerate(above) for name in names
+                 if c.cell_type == "code" and re.search(rf"getsource\(\s*[\w.]*\b{name}\s*\)", c.source)]
+        assert not shown, f"cell {i}: cell(s) {shown} print the source of {names} above the exercise"
