@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -115,6 +116,60 @@ def cpu_bf16_instructions() -> list[str]:
     except OSError:
         return []
     return sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with PyTorch's CPU operations on `n` threads, then restore the old number.
+
+    On a busy machine, a small job split over several threads waits for every thread to get a core,
+    so its timing measures the other programs, not the code. Timing on one thread
+    (`with torch_threads(1): ...`) measures the code itself on any machine; it does not affect GPUs.
+    """
+    if n < 1:
+        raise ValueError(f"torch_threads needs at least 1 thread, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_runs(fn: Callable[[], object], repeat: int = 7, device: torch.device | None = None) -> np.ndarray:
+    """Seconds taken by each of `repeat` calls of `fn()`, after one warm-up call: an array `[repeat]`.
+
+    Pass the `device` the work runs on: for a CUDA GPU each call is waited for
+    (`torch.cuda.synchronize`), because GPU calls return before the work is done. Report the median
+    and the spread of the array, not one run: on a shared machine single runs vary a lot.
+    """
+    if repeat < 1:
+        raise ValueError(f"time_runs needs repeat >= 1, got {repeat}")
+    wait = device is not None and torch.device(device).type == "cuda"
+
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        if wait:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    run()  # warm-up: first calls pay for allocation and kernel selection
+    return np.array([run() for _ in range(repeat)])
+
+
+def speed_verdict(times: np.ndarray, baseline: np.ndarray) -> str:
+    """Compare two arrays of run times: "faster", "slower", or "a tie" when their ranges overlap.
+
+    `times` is faster only if even its slowest run beat the fastest run of `baseline` (and slower in
+    the mirror case); otherwise the difference is inside the timing noise and we call it a tie.
+    """
+    times, baseline = np.asarray(times), np.asarray(baseline)
+    if times.max() < baseline.min():
+        return "faster"
+    if times.min() > baseline.max():
+        return "slower"
+    return "a tie"
 
 
 def device_report(device: torch.device) -> str:

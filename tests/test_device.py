@@ -121,3 +121,30 @@ def test_cpu_bf16_instructions_reads_the_flags(monkeypatch, tmp_path):
     assert dev.cpu_bf16_instructions() == ["amx_bf16", "avx512_bf16"]
     cpuinfo.write_text("flags: fpu sse2 avx2\n")
     assert dev.cpu_bf16_instructions() == []
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with dev.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="at least 1"):
+        with dev.torch_threads(0):
+            pass
+
+
+def test_time_runs_returns_one_positive_time_per_repeat():
+    calls = []
+    times = dev.time_runs(lambda: calls.append(1), repeat=4)
+    assert times.shape == (4,) and (times >= 0).all()
+    assert len(calls) == 5  # one warm-up call plus the timed ones
+    with pytest.raises(ValueError, match="repeat"):
+        dev.time_runs(lambda: None, repeat=0)
+
+
+def test_speed_verdict_calls_overlapping_ranges_a_tie():
+    import numpy as np
+
+    assert dev.speed_verdict(np.array([1.0, 1.1]), np.array([2.0, 2.2])) == "faster"
+    assert dev.speed_verdict(np.array([3.0, 3.1]), np.array([2.0, 2.2])) == "slower"
+    assert dev.speed_verdict(np.array([1.0, 2.1]), np.array([2.0, 2.2])) == "a tie"
