@@ -159,15 +159,17 @@ def time_runs(fn: Callable[[], object], repeat: int = 7, device: torch.device | 
 
 
 def speed_verdict(times: np.ndarray, baseline: np.ndarray) -> str:
-    """Compare two arrays of run times: "faster", "slower", or "a tie" when their ranges overlap.
+    """Compare two arrays of run times: "faster", "slower", or "a tie" when their middle halves overlap.
 
-    `times` is faster only if even its slowest run beat the fastest run of `baseline` (and slower in
-    the mirror case); otherwise the difference is inside the timing noise and we call it a tie.
+    The middle half of the runs (25th to 75th percentile, `np.percentile`) ignores the odd run that a
+    busy machine slows down. `times` is faster only if its middle half lies wholly below the middle half
+    of `baseline` (slower in the mirror case); otherwise the difference is inside the timing noise.
     """
-    times, baseline = np.asarray(times), np.asarray(baseline)
-    if times.max() < baseline.min():
+    low, high = np.percentile(times, [25, 75])
+    base_low, base_high = np.percentile(baseline, [25, 75])
+    if high < base_low:
         return "faster"
-    if times.min() > baseline.max():
+    if low > base_high:
         return "slower"
     return "a tie"
 
