@@ -136,23 +136,26 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_runs(fn: Callable[[], object], repeat: int = 7, device: torch.device | None = None) -> np.ndarray:
-    """Seconds taken by each of `repeat` calls of `fn()`, after one warm-up call: an array `[repeat]`.
+def time_runs(fn: Callable[[], object], repeat: int = 7, device: torch.device | None = None,
+              number: int = 1) -> np.ndarray:
+    """Seconds per call of `fn()` in each of `repeat` runs of `number` calls, after a warm-up: an array `[repeat]`.
 
-    Pass the `device` the work runs on: for a CUDA GPU each call is waited for
-    (`torch.cuda.synchronize`), because GPU calls return before the work is done. Report the median
-    and the spread of the array, not one run: on a shared machine single runs vary a lot.
+    Pass the `device` the work runs on: for a CUDA GPU each run is waited for
+    (`torch.cuda.synchronize`), because GPU calls return before the work is done. For calls of well
+    under a millisecond, `number` > 1 averages the clock's and the scheduler's jitter away. Report the
+    median and the spread of the array, not one run: on a shared machine single runs vary a lot.
     """
-    if repeat < 1:
-        raise ValueError(f"time_runs needs repeat >= 1, got {repeat}")
+    if repeat < 1 or number < 1:
+        raise ValueError(f"time_runs needs repeat >= 1 and number >= 1, got repeat={repeat}, number={number}")
     wait = device is not None and torch.device(device).type == "cuda"
 
     def run() -> float:
         start = time.perf_counter()
-        fn()
+        for _ in range(number):
+            fn()
         if wait:
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / number
 
     run()  # warm-up: first calls pay for allocation and kernel selection
     return np.array([run() for _ in range(repeat)])

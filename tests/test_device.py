@@ -138,6 +138,8 @@ def test_time_runs_returns_one_positive_time_per_repeat():
     times = dev.time_runs(lambda: calls.append(1), repeat=4)
     assert times.shape == (4,) and (times >= 0).all()
     assert len(calls) == 5  # one warm-up call plus the timed ones
+    assert dev.time_runs(lambda: calls.append(1), repeat=2, number=3).shape == (2,)
+    assert len(calls) == 5 + 3 * 3  # a warm-up run and two timed runs of three calls each
     with pytest.raises(ValueError, match="repeat"):
         dev.time_runs(lambda: None, repeat=0)
 
