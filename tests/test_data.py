@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 import course_utils.data as cd
@@ -72,14 +73,12 @@ def test_data_dir_env_and_repo(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_DATA", str(tmp_path / "elsewhere"))
     assert paths._default_data_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("COURSE_DATA")
-    repo = Path(__file__).resolve().parents[1]
-    assert paths._default_data_dir() == repo / "data"  # this checkout has pyproject.toml
+    assert paths._default_data_dir() == REPO / "data"  # this checkout has pyproject.toml
 
 
 def test_build_dir_is_in_the_checkout_whatever_the_current_folder(monkeypatch, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)  # e.g. a notebook running in build/student/
-    assert cd.build_dir() == repo / "build"
+    assert cd.build_dir() == REPO / "build"
     assert not (tmp_path / "build").exists()
     monkeypatch.setattr(paths, "_checkout_root", lambda: tmp_path / "course")
     folder = cd.build_dir("lab9", "runs")
