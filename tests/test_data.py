@@ -135,6 +135,20 @@ def test_read_image_errors_name_the_file(tmp_path):
         cd.read_image(tmp_path / "nothere.png")
 
 
+def test_normalize_uint8_scales_and_standardises_per_channel():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).repeat(2, 1, 2, 2)  # [2, 3, 2, 2]
+    assert torch.equal(cd.normalize_uint8(images)[0, :, 0, 0], torch.tensor([0.0, 0.2, 1.0]))
+    standardised = cd.normalize_uint8(images, mean=(0.5, 0.2, 0.0), std=(0.5, 0.1, 2.0))
+    assert torch.allclose(standardised[1, :, 1, 1], torch.tensor([-1.0, 0.0, 0.5]))
+    assert torch.equal(cd.normalize_uint8(images[0], (0.5, 0.2, 0.0), (0.5, 0.1, 2.0)), standardised[0])  # one image
+    with pytest.raises(TypeError, match="uint8"):
+        cd.normalize_uint8(images.float())
+    with pytest.raises(ValueError, match="one value per channel"):
+        cd.normalize_uint8(images, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match="both"):
+        cd.normalize_uint8(images, mean=(0.5, 0.5, 0.5))
+
+
 def test_read_mask_binary_and_resized(tmp_path):
     mask = np.zeros((10, 20), np.uint8)
     mask[:, :10] = 255
