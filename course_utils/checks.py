@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from course_utils import conv
+from course_utils import conv, device
 
 # ---------------------------------------------------------------------------------------------
 # Core
@@ -27,11 +28,26 @@ from course_utils import conv
 NOT_SOLVED = "not solved yet"
 
 
+class NotSolvedError(AssertionError):
+    """A checker's failure in grading mode (`COURSE_GRADING=1`): the autograder gives the cell 0 points."""
+
+
+def _graded() -> bool:
+    """True in grading mode, except inside `solved_or_reference`'s quiet check (stdout captured)."""
+    return device.grading() and not isinstance(sys.stdout, io.StringIO)
+
+
 def report(ok: bool, what: str, hint: str = "") -> bool:
-    """Print one line, `✅ what` or `❌ what` (plus `hint` on a second line), and return `ok`."""
+    """Print one line, `✅ what` or `❌ what` (plus `hint` on a second line), and return `ok`.
+
+    In grading mode (`COURSE_GRADING=1`, set by `make grade`) a failure also raises
+    `NotSolvedError`, so nbgrader awards the check cell's points only when the check passes.
+    """
     print(f"✅ {what}" if ok else f"❌ {what}")
     if hint and not ok:
         print(f"   hint: {hint}")
+    if not ok and _graded():
+        raise NotSolvedError(what)
     return bool(ok)
 
 
