@@ -1,6 +1,6 @@
 """The course as a static website: every lab executed, a table of contents, search, README as front page.
 
-    python tools/site.py notebooks/ build/site/ [--executed build/executed/]   # -> build/site/html/index.html
+    python tools/website.py notebooks/ build/site/ [--executed build/executed/]   # -> build/site/html/index.html
 
 Sphinx with myst-nb and sphinx-book-theme (the stack of Jupyter Book 1.x) renders the README (front
 page), CONTRIBUTING.md and every lab. A lab whose executed copy in `--executed` still has the same
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ TITLE = "Anomaly Detection with Deep Learning"
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\(([^)]+)\)")  # [![Open In Colab](svg)](link)
 PAGES = ("CONTRIBUTING.md",)  # shown after the labs
 
-CONF = '''# Written by tools/site.py (`make site`).
+CONF = '''# Written by tools/website.py (`make site`).
 project = {title!r}
 html_title = {title!r}
 extensions = ["myst_nb"]
@@ -49,9 +50,11 @@ nb_execution_timeout = -1
 nb_execution_raise_on_error = True
 nb_merge_streams = True
 # MathJax 2.7 from _static/mathjax (no CDN), with the delimiters Sphinx writes around math.
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"  # the config jupyter-server-mathjax ships
+myst_update_mathjax = False  # its MathJax 3 settings would break MathJax 2
 mathjax2_config = {{"tex2jax": {{"inlineMath": [["\\\\(", "\\\\)"]], "displayMath": [["\\\\[", "\\\\]"]],
-                                "processEscapes": True}},
+                                "processEscapes": True, "ignoreClass": "tex2jax_ignore|mathjax_ignore",
+                                "processClass": "tex2jax_process|mathjax_process|math|output_area"}},
                    "HTML-CSS": {{"availableFonts": ["STIX-Web"], "preferredFont": "STIX-Web",
                                 "webFont": "STIX-Web", "imageFont": None}}}}
 '''
@@ -74,6 +77,18 @@ def same_code(a: nbformat.NotebookNode, b: nbformat.NotebookNode) -> bool:
     return code[0] == code[1]
 
 
+def has_outputs(nb: nbformat.NotebookNode) -> bool:
+    """True when `nb` was executed with figures: it has outputs, and images if it draws any.
+
+    A run under `MPLBACKEND=agg` (as `make test` sets) draws nothing into the notebook, so its
+    copy is not shown: the site re-executes that lab instead.
+    """
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    draws = any(re.search(r"\bplt\.|plotting\.", c.source) for c in code)
+    images = any("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
+    return any(c.get("outputs") for c in code) and (images or not draws)
+
+
 def site_notebook(path: Path, executed_dir: Path | None) -> tuple[nbformat.NotebookNode, bool]:
     """The notebook to render for `path` and whether it already has its outputs.
 
@@ -85,7 +100,7 @@ def site_notebook(path: Path, executed_dir: Path | None) -> tuple[nbformat.Noteb
     reuse = False
     if executed is not None and executed.is_file():
         done = nbformat.read(executed, as_version=4)
-        reuse = same_code(nb, done) and any(c.get("outputs") for c in done.cells if c.cell_type == "code")
+        reuse = same_code(nb, done) and has_outputs(done)
         nb = done if reuse else nb
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -118,7 +133,7 @@ def write_sources(src: Path, out: Path, executed_dir: Path | None, readme: Path)
 def repository_url() -> str:
     """The course's GitHub URL from `[tool.course]` in pyproject.toml (see tools/fork.py)."""
     spec = importlib.util.spec_from_file_location("fork", TOOLS_DIR / "fork.py")
-    fork = importlib.util.module_from_spec(spec)
+    fork = sys.modules.setdefault("fork", importlib.util.module_from_spec(spec))  # dataclasses need it there
     spec.loader.exec_module(fork)
     return fork.configured(REPO).url
 
@@ -132,7 +147,8 @@ def build_site(src: Path, out: Path, executed_dir: Path | None = None, readme: P
     html = out / "html"
     shutil.rmtree(html, ignore_errors=True)
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d", str(out / "doctrees"), str(project), str(html)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # agg would keep figures out of the pages
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"sphinx-build failed:\n{done.stderr[-6000:]}")
     if done.stderr.strip():
@@ -151,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_site(args.src, args.out, args.executed)
     except (ValueError, OSError, RuntimeError, nbformat.ValidationError) as err:
-        print(f"site.py: {err}", file=sys.stderr)
+        print(f"website.py: {err}", file=sys.stderr)
         return 1
     return 0
 
