@@ -128,3 +128,19 @@ def test_nbgrader_grades_full_zero_and_partial(tmp_path):
     assert float(table["untouched"]["points"]) == 0
     assert float(table["half"]["points"]) == n_exercises // 2
     print((root / "grades.csv").read_text())
+
+
+def test_collect_names_what_is_wrong_with_a_submissions_folder(tmp_path):
+    (tmp_path / "root" / "source" / "lab01").mkdir(parents=True)
+    (tmp_path / "root" / "source" / "lab01" / "01_x.ipynb").write_text("{}")
+    (tmp_path / "subs" / "bob").mkdir(parents=True)
+    (tmp_path / "subs" / "bob" / "01_x.ipynb").write_text("{}")
+    assert assignments.collect(tmp_path / "subs", tmp_path / "root") == {"lab01": {"bob"}}
+    assert (tmp_path / "root" / "submitted" / "bob" / "lab01" / "01_x.ipynb").is_file()
+    (tmp_path / "subs" / "bob" / "02_y.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match="no lab is released under this name"):
+        assignments.collect(tmp_path / "subs", tmp_path / "root")
+    (tmp_path / "subs" / "bob" / "02_y.ipynb").unlink()
+    (tmp_path / "subs" / "bad name").mkdir()
+    with pytest.raises(ValueError, match="letters, digits"):
+        assignments.collect(tmp_path / "subs", tmp_path / "root")

@@ -187,7 +187,7 @@ def nbgrader(root: Path, *args: str, grading: bool = False) -> None:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # nbgrader runs `alembic`
     command = [sys.executable, "-m", "nbgrader", *args]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    if done.returncode != 0 or "[ERROR]" in done.stderr:
+    if done.returncode != 0 or re.search(r"\| ERROR\]", done.stderr):  # "[AutogradeApp | ERROR] ..."
         raise RuntimeError(f"`nbgrader {' '.join(args)}` failed in {root}:\n{done.stderr[-4000:]}")
 
 
