@@ -55,3 +55,29 @@ def test_executed_copy_is_reused_only_with_the_same_code_and_its_figures(tmp_pat
     nbformat.write(lab("plt.plot([3])", executed=True), tmp_path / "done" / path.name)  # the lab changed since
     nb, reused = site.site_notebook(path, tmp_path / "done")
     assert not reused and nb.metadata["mystnb"]["execution_mode"] == "force" and not nb.cells[1].outputs
+
+
+def test_an_earlier_site_build_is_reused_only_in_the_same_mode(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "cache").mkdir()
+    path = tmp_path / "src" / "01_x.ipynb"
+    nbformat.write(lab(), path)
+    done = lab(executed=True)
+    done.cells[1].outputs.append(new_output("stream", text=f"device: cpu | {site.MODES[site.FAST]}\n"))
+    nbformat.write(done, tmp_path / "cache" / path.name)
+    assert site.site_notebook(path, None, cache_dir=tmp_path / "cache")[1] is True
+    done.cells[1].outputs[-1].text = f"device: cpu | {site.MODES[not site.FAST]}\n"
+    nbformat.write(done, tmp_path / "cache" / path.name)
+    assert site.site_notebook(path, None, cache_dir=tmp_path / "cache")[1] is False
+
+
+def test_solutions_fold_and_widgets_become_a_note(tmp_path):
+    nb = lab(executed=True)
+    nb.cells[1].metadata["tags"] = ["solution"]
+    nb.cells[1].outputs.append(new_output("display_data", data={site.WIDGET: {"model_id": "1"}, "text/plain": "VBox()"}))
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    shown, _ = site.site_notebook(tmp_path / "01_x.ipynb", None)
+    assert "hide-input" in shown.cells[1].metadata["tags"]
+    assert shown.cells[1].outputs[-1].data == {"text/plain": site.WIDGET_NOTE}
+    assert "widgets" not in shown.metadata

@@ -4,8 +4,9 @@
 
 Sphinx with myst-nb and sphinx-book-theme (the stack of Jupyter Book 1.x) renders the README (front
 page), CONTRIBUTING.md and every lab. A lab whose executed copy in `--executed` still has the same
-code (from `make run`, fast or full mode) is shown with those outputs; the others are executed
-during the build, in the mode `COURSE_FAST` says. The site opens from `file://` with no network:
+code (from `make run`, fast or full mode) is shown with those outputs, and so is one that an earlier
+site build executed in the same mode; the others are executed during the build, in the mode
+`COURSE_FAST` says. The site opens from `file://` with no network:
 MathJax is copied next to it (from `jupyter-server-mathjax`, as for the slides), the theme ships its
 own fonts and icons, and the Colab badges (images on Google's server) become plain text links.
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import nbformat
 
+from course_utils.device import FAST
+
 TOOLS_DIR = Path(__file__).resolve().parent
 REPO = TOOLS_DIR.parent
 _spec = importlib.util.spec_from_file_location("editions", TOOLS_DIR / "editions.py")
@@ -32,6 +35,9 @@ _spec.loader.exec_module(editions)
 TITLE = "Anomaly Detection with Deep Learning"
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\(([^)]+)\)")  # [![Open In Colab](svg)](link)
 PAGES = ("CONTRIBUTING.md",)  # shown after the labs
+WIDGET = "application/vnd.jupyter.widget-view+json"
+MODES = {True: "fast mode (COURSE_FAST=1)", False: "full mode"}  # what cu.setup() prints
+WIDGET_NOTE = "[an interactive widget: open the lab in JupyterLab or Colab to use it]"
 
 CONF = '''# Written by tools/website.py (`make site`).
 project = {title!r}
@@ -49,6 +55,7 @@ nb_execution_mode = "force"  # labs that come with outputs say "off" in their me
 nb_execution_timeout = -1
 nb_execution_raise_on_error = True
 nb_merge_streams = True
+nb_ipywidgets_js = {{}}  # no widget scripts from a CDN: widgets need a kernel, the site has none
 # MathJax 2.7 from _static/mathjax (no CDN), with the delimiters Sphinx writes around math.
 mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"  # the config jupyter-server-mathjax ships
 myst_update_mathjax = False  # its MathJax 3 settings would break MathJax 2
@@ -89,22 +96,46 @@ def has_outputs(nb: nbformat.NotebookNode) -> bool:
     return any(c.get("outputs") for c in code) and (images or not draws)
 
 
-def site_notebook(path: Path, executed_dir: Path | None) -> tuple[nbformat.NotebookNode, bool]:
+def ran_in(nb: nbformat.NotebookNode) -> bool | None:
+    """True if `nb` ran in fast mode, False in full mode, None if unknown: `cu.setup()` prints which."""
+    text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                    for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return True if MODES[True] in text else False if MODES[False] in text else None
+
+
+def reusable(nb: nbformat.NotebookNode, executed: Path, fast: bool | None = None) -> nbformat.NotebookNode | None:
+    """The executed copy at `executed` if it has the code of `nb` and its figures (and ran in mode `fast`)."""
+    if not executed.is_file():
+        return None
+    done = nbformat.read(executed, as_version=4)
+    right_mode = fast is None or ran_in(done) == fast
+    return done if same_code(nb, done) and has_outputs(done) and right_mode else None
+
+
+def site_notebook(path: Path, executed_dir: Path | None,
+                  cache_dir: Path | None = None) -> tuple[nbformat.NotebookNode, bool]:
     """The notebook to render for `path` and whether it already has its outputs.
 
-    It is the executed copy `executed_dir/<name>` when that has the same code, else the notebook
-    itself, to be executed by myst-nb. Colab badges become text links either way.
+    It is the executed copy `executed_dir/<name>` (from `make run`, either mode) when that has the
+    same code, else the copy an earlier site build executed in `cache_dir` if it ran in the mode
+    `COURSE_FAST` asks for now, else the notebook itself, to be executed by myst-nb. Colab badges
+    become text links, solutions fold away behind a "show code" toggle, and a widget's output
+    becomes a note saying where it works (a page has no kernel).
     """
     nb = nbformat.read(path, as_version=4)
-    executed = executed_dir / path.name if executed_dir else None
-    reuse = False
-    if executed is not None and executed.is_file():
-        done = nbformat.read(executed, as_version=4)
-        reuse = same_code(nb, done) and has_outputs(done)
-        nb = done if reuse else nb
+    done = (reusable(nb, executed_dir / path.name) if executed_dir else None) or \
+        (reusable(nb, cache_dir / path.name, fast=FAST) if cache_dir else None)
+    reuse = done is not None
+    nb = done if reuse else nb
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = text_badges(cell.source)
+        elif "solution" in editions.cell_tags(cell) and "hide-input" not in editions.cell_tags(cell):
+            cell.metadata["tags"] = editions.cell_tags(cell) + ["hide-input"]  # a reader opens the answer on purpose
+        for output in cell.get("outputs", []):
+            if WIDGET in output.get("data", {}):
+                output["data"] = {"text/plain": WIDGET_NOTE}
+    nb.metadata.pop("widgets", None)  # its state would make the page load widget scripts from a CDN
     nb.metadata["mystnb"] = {"execution_mode": "off" if reuse else "force"}
     return nb, reuse
 
@@ -116,10 +147,10 @@ def write_sources(src: Path, out: Path, executed_dir: Path | None, readme: Path)
     (project / "notebooks").mkdir(parents=True)
     labs = []
     for path in editions.find_notebooks(src):
-        nb, reused = site_notebook(path, executed_dir)
+        nb, reused = site_notebook(path, executed_dir, cache_dir=out / "jupyter_execute" / "notebooks")
         nbformat.write(nb, project / "notebooks" / path.name)
         labs.append(path.stem)
-        print(f"{path.name}: {'outputs from ' + str(executed_dir) if reused else 'executed during the build'}")
+        print(f"{path.name}: {'outputs reused' if reused else 'executed during the build'}")
     (project / "index.md").write_text(front_page(readme.read_text(encoding="utf-8"), labs), encoding="utf-8")
     for page in PAGES:
         if (readme.parent / page).is_file():
