@@ -31,7 +31,10 @@ SOLUTION = '''def square(x):
     # END SOLUTION'''
 
 
-def small_lab(check: str = "cu.checks.check_square(square)\nsquare = cu.checks.solved_or_reference(square, None, 'square')"):
+CHECK = "cu.checks.check_square(square)\nsquare = cu.checks.solved_or_reference(square, None, 'square')"
+
+
+def small_lab(check: str = CHECK) -> nbformat.NotebookNode:
     """A lab with one exercise: solution cell, then a check cell holding `check`."""
     solution = new_code_cell(SOLUTION)
     solution.metadata["tags"] = ["solution"]

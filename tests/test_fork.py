@@ -65,7 +65,8 @@ def test_fork_points_every_link_to_the_new_repository(tmp_path):
         nbformat.validate(nb)
         assert new.colab(f"notebooks/{path.name}") in nb.cells[0].source
         assert '@ git+https://github.com/jane/ad-course@spring"' in install_cell(nb)
-    assert "git clone https://github.com/jane/ad-course\ncd ad-course" in (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "git clone https://github.com/jane/ad-course\ncd ad-course" in readme
 
 
 def test_a_stale_link_is_reported(tmp_path):

@@ -74,7 +74,8 @@ def test_an_earlier_site_build_is_reused_only_in_the_same_mode(tmp_path):
 def test_solutions_fold_and_widgets_become_a_note(tmp_path):
     nb = lab(executed=True)
     nb.cells[1].metadata["tags"] = ["solution"]
-    nb.cells[1].outputs.append(new_output("display_data", data={site.WIDGET: {"model_id": "1"}, "text/plain": "VBox()"}))
+    widget = {site.WIDGET: {"model_id": "1"}, "text/plain": "VBox()"}
+    nb.cells[1].outputs.append(new_output("display_data", data=widget))
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
     nbformat.write(nb, tmp_path / "01_x.ipynb")
     shown, _ = site.site_notebook(tmp_path / "01_x.ipynb", None)

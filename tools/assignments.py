@@ -1,7 +1,7 @@
 """nbgrader assignments from the course notebooks, and grades from nbgrader's own gradebook.
 
-    python tools/assignments.py release notebooks/ build/nbgrader/             # source/, then nbgrader generate_assignment
-    python tools/assignments.py grade   SUBMISSIONS/ build/nbgrader/           # collect, nbgrader autograde, grades.csv
+    python tools/assignments.py release notebooks/ build/nbgrader/    # source/, then nbgrader generate_assignment
+    python tools/assignments.py grade   SUBMISSIONS/ build/nbgrader/  # collect, nbgrader autograde, grades.csv
 
 nbgrader does the work: its `generate_assignment` writes what students get into `release/`, its
 `autograde` runs their notebooks and fills its SQLite gradebook (`gradebook.db`). This tool only
@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             release(args.src, args.root)
         else:
             if not args.submissions.is_dir():
-                raise ValueError(f"{args.submissions} is not a folder; give SUBMISSIONS=folder/with/one/folder/per/student")
+                raise ValueError(f"{args.submissions} is not a folder; "
+                                 "give SUBMISSIONS=folder/with/one/folder/per/student")
             grade(args.submissions, args.root, args.src)
     except (ValueError, OSError, RuntimeError, SyntaxError, nbformat.ValidationError) as err:
         print(f"assignments.py {args.command}: {err}", file=sys.stderr)
