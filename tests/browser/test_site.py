@@ -97,6 +97,7 @@ def test_course_site_opens_offline(browser):
         page.goto((SITE / "notebooks" / f"{LAB}.html").as_uri())
         page.wait_for_load_state("load")
         figures = page.evaluate(FIGURES_JS)
+        page.locator("article img").nth(1).scroll_into_view_if_needed()  # a figure in the screenshot
         page.screenshot(path=str(SHOTS / "site_lab.png"))
         hits = search(page, SITE / "index.html", "convolution")
     finally:
