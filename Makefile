@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 FAST   ?= 0
+# `make site` executes labs in fast mode unless SITE_FAST=0; `make grade` runs submissions in fast
+# mode (GRADE_FAST=1): checkers test the students' functions, not training results.
+SITE_FAST  ?= 1
+GRADE_FAST ?= 1
 
 .PHONY: install lab test unit notebooks run clean
 
@@ -19,7 +23,7 @@ install: $(STAMP)  ## create .venv if missing and install the course into it
 lab: install  ## start JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/
 
-test: install student  ## unit tests, then every notebook and its student edition end to end in fast mode (what CI runs)
+test: install student site  ## unit tests, then every notebook and its student edition end to end in fast mode, the site in a browser (what CI runs)
 	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests notebooks build/student \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
 
@@ -47,3 +51,19 @@ slides: install  ## HTML slides in build/slides/ that open offline (EXECUTE=1 ru
 browser: install  ## the widget tests alone: JupyterLab driven in Chromium, screenshots in build/screenshots/
 	.ci/install-chromium
 	COURSE_FAST=1 $(BIN)/python -m pytest -q tests/browser
+
+.PHONY: assignments grade site fork
+
+assignments: install  ## nbgrader course in build/nbgrader/: source/ with nbgrader metadata, release/ by nbgrader generate_assignment
+	$(BIN)/python tools/assignments.py release notebooks build/nbgrader
+
+grade: install  ## autograde SUBMISSIONS=folder (one folder per student) with nbgrader; writes build/nbgrader/grades.csv
+	@test -n "$(SUBMISSIONS)" || { echo "make grade: say where the notebooks are: make grade SUBMISSIONS=folder/with/one/folder/per/student" >&2; exit 2; }
+	COURSE_FAST=$(GRADE_FAST) $(BIN)/python tools/assignments.py grade "$(SUBMISSIONS)" build/nbgrader --src notebooks
+
+site: install  ## the course as a website in build/site/html/ (opens offline); reuses build/executed/ from `make run`
+	COURSE_FAST=$(SITE_FAST) $(BIN)/python tools/website.py notebooks build/site --executed build/executed
+
+fork: install  ## point Colab badges, install cells and README to your fork: make fork REPO=owner/name [BRANCH=main]
+	@test -n "$(REPO)" || { echo "make fork: name your fork: make fork REPO=owner/name" >&2; exit 2; }
+	$(BIN)/python tools/fork.py rewrite "$(REPO)" $(if $(BRANCH),--branch "$(BRANCH)")

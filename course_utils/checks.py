@@ -1,6 +1,7 @@
 """Exercise checkers: one call per exercise that says "correct", "not solved yet" or what is wrong.
 
-A checker never raises. It runs the student's function (or looks at their value) on a few test
+In class a checker never raises (in grading mode, `COURSE_GRADING=1`, a failed check raises
+`NotSolvedError` so that nbgrader gives the cell no points). It runs the student's function (or looks at their value) on a few test
 cases, compares with our reference answer and prints one line: a pass, or the first problem it
 found (an error message, a wrong shape or dtype, which values differ and for which inputs, or a
 known mistake recognised by name) with a conceptual hint. It returns True or False.
@@ -27,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from course_utils import conv
+from course_utils import conv, device
 
 # ---------------------------------------------------------------------------------------------
 # Core
@@ -43,11 +44,22 @@ _running: list[str] = []  # the exercise whose checker is running (innermost las
 _quiet: list[bool] = []  # non-empty while `solved_or_reference` checks silently (nothing is counted)
 
 
+class NotSolvedError(AssertionError):
+    """A checker's failure in grading mode (`COURSE_GRADING=1`): the autograder gives the cell 0 points."""
+
+
+def _graded() -> bool:
+    """True in grading mode, except inside `solved_or_reference`'s quiet check."""
+    return device.grading() and not _quiet
+
+
 def report(ok: bool, what: str, hint: str = "") -> bool:
     """Print one line, `✅ what` or `❌ what` (plus `hint` on a second line), and return `ok`.
 
     Every checker's verdict goes through here. Inside a registered checker it also counts the
     failures of that exercise; from the second one on it adds where the full answer is (on request).
+    In grading mode (`COURSE_GRADING=1`, set by `make grade`) a failure also raises
+    `NotSolvedError`, so nbgrader awards the check cell's points only when the check passes.
     """
     print(f"✅ {what}" if ok else f"❌ {what}")
     if hint and not ok:
@@ -57,6 +69,8 @@ def report(ok: bool, what: str, hint: str = "") -> bool:
         _failures[name] = 0 if ok else _failures.get(name, 0) + 1
         if _failures[name] >= 2:
             print(f"   still stuck? `cu.checks.solution({name!r})` prints our answer")
+    if not ok and _graded():
+        raise NotSolvedError(what)
     return bool(ok)
 
 

@@ -4,7 +4,7 @@ The course runs on a laptop CPU, on Apple silicon and on Colab GPUs. This module
 differences behind three small functions: `pick_device` chooses the fastest device there is,
 `seed_everything` makes a run repeatable, and `autocast` turns on mixed precision where it helps.
 It is also the one place that reads the course's environment variables (`COURSE_FAST`,
-`COURSE_DEVICE`).
+`COURSE_DEVICE`, `COURSE_GRADING`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ import torch
 
 FAST: bool = os.environ.get("COURSE_FAST", "0").strip().lower() in {"1", "true", "yes", "on"}
 """True when `COURSE_FAST=1`: notebooks shrink data and epochs so each lab runs in CPU minutes."""
+
+
+def grading() -> bool:
+    """True when `COURSE_GRADING=1`: checkers raise on a wrong answer, so nbgrader's autograder scores it zero.
+
+    Read at each call (not at import), so `make grade` can switch it on for the kernels nbgrader starts.
+    In class (unset) a checker only prints "not solved yet" and the notebook runs on.
+    """
+    return os.environ.get("COURSE_GRADING", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
