@@ -423,9 +423,9 @@ def check_pca_reconstruct(fn: Any) -> bool:
 
 def reference_topk_score(maps: Any, fraction: float) -> Any:
     """Mean of the highest `fraction` of the pixels of each map [N, H, W] -> [N] (at least one pixel)."""
-    flat = maps.flatten(1)  # [N, H*W]
-    k = max(1, int(round(fraction * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(dim=1)  # [N]
+    from course_utils.anomaly import image_scores
+
+    return image_scores(maps, "topk", top_k=fraction)  # [N]
 
 
 def check_topk_score(fn: Any) -> bool:
@@ -440,8 +440,10 @@ def check_topk_score(fn: Any) -> bool:
 
 def reference_count_mistakes(labels: Any, scores: Any, threshold: float) -> tuple[int, int]:
     """(false alarms, missed defects) when images with `score >= threshold` are flagged; labels 1 = defective."""
-    flagged = scores >= threshold
-    return int((flagged & (labels == 0)).sum()), int((~flagged & (labels == 1)).sum())
+    from course_utils.metrics import anomaly_confusion
+
+    (_, false_alarms), (missed, _) = anomaly_confusion(labels, scores, threshold)  # [[tn, fp], [fn, tp]]
+    return int(false_alarms), int(missed)
 
 
 def check_count_mistakes(fn: Any) -> bool:
@@ -458,8 +460,9 @@ def check_count_mistakes(fn: Any) -> bool:
 
 def reference_gram_matrix(features: Any) -> Any:
     """Gram matrices [B, C, C] of feature maps [B, C, h, w], averaged over the h*w positions."""
-    f = features.flatten(2)  # [B, C, h*w]
-    return f @ f.transpose(1, 2) / f.shape[-1]  # [B, C, C]
+    from course_utils.losses import gram_matrix
+
+    return gram_matrix(features)  # [B, C, C]
 
 
 def check_gram_matrix(fn: Any) -> bool:
@@ -473,7 +476,9 @@ def check_gram_matrix(fn: Any) -> bool:
 
 def reference_feature_error(features: Any, recons: Any) -> Any:
     """Per-position squared feature error, averaged over channels: [N, C, h, w] x 2 -> [N, h, w]."""
-    return ((features - recons) ** 2).mean(dim=1)  # [N, h, w]
+    from course_utils.anomaly import feature_error_map
+
+    return feature_error_map(features, recons)  # [N, h, w]
 
 
 def check_feature_error(fn: Any) -> bool:
@@ -498,9 +503,10 @@ def _torch_cases(seed: int, *shapes: tuple[int, ...]) -> list:
 
 def reference_patch_scores(test_patches: Any, bank: Any) -> Any:
     """Distance [P] from each test patch [P, D] to its nearest memory-bank entry [M, D]."""
-    import torch
+    from course_utils.anomaly import nearest_neighbours
 
-    return torch.cdist(test_patches, bank).min(dim=1).values  # [P, M] -> [P]
+    distances, _ = nearest_neighbours(test_patches, bank, k=1)  # [P, 1]
+    return distances[:, 0]  # [P]
 
 
 def check_patch_scores(fn: Any) -> bool:
@@ -537,8 +543,10 @@ def reference_mahalanobis(x: Any, mean: Any, cov: Any) -> Any:
     """Mahalanobis distances [N] of rows x [N, C] to a Gaussian with mean [C] and covariance [C, C]."""
     import torch
 
-    delta = x - mean  # [N, C]
-    return ((delta @ torch.linalg.inv(cov)) * delta).sum(dim=1).sqrt()  # [N]
+    from course_utils.anomaly import mahalanobis_maps
+
+    features = x[:, :, None, None]  # [N, C, 1, 1]: one patch position per image
+    return mahalanobis_maps(features, mean[None], torch.linalg.inv(cov)[None]).flatten()  # [N]
 
 
 def check_mahalanobis(fn: Any) -> bool:

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 import course_utils.data as cd
 from course_utils import device
-
+from course_utils.data import cifar, paths
+from course_utils.data import defects as defect_painting
 
 # ---------------------------------------------------------------------------------------------
 # Helpers that write tiny data sets
@@ -69,30 +71,28 @@ def defects(tmp_path_factory) -> Path:
 
 def test_data_dir_env_and_repo(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_DATA", str(tmp_path / "elsewhere"))
-    assert cd._default_data_dir() == tmp_path / "elsewhere"
+    assert paths._default_data_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("COURSE_DATA")
-    repo = Path(cd.__file__).resolve().parent.parent
-    assert cd._default_data_dir() == repo / "data"  # this checkout has pyproject.toml
+    assert paths._default_data_dir() == REPO / "data"  # this checkout has pyproject.toml
 
 
 def test_build_dir_is_in_the_checkout_whatever_the_current_folder(monkeypatch, tmp_path):
-    repo = Path(cd.__file__).resolve().parent.parent
     monkeypatch.chdir(tmp_path)  # e.g. a notebook running in build/student/
-    assert cd.build_dir() == repo / "build"
+    assert cd.build_dir() == REPO / "build"
     assert not (tmp_path / "build").exists()
-    monkeypatch.setattr(cd, "_checkout_root", lambda: tmp_path / "course")
+    monkeypatch.setattr(paths, "_checkout_root", lambda: tmp_path / "course")
     folder = cd.build_dir("lab9", "runs")
     assert folder == tmp_path / "course" / "build" / "lab9" / "runs" and folder.is_dir()
     assert cd.build_dir("lab9", "runs") == folder  # again: no error, same folder
 
 
 def test_build_dir_without_a_checkout_is_under_the_current_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(cd, "_checkout_root", lambda: None)  # installed from PyPI/git, as on Colab
+    monkeypatch.setattr(paths, "_checkout_root", lambda: None)  # installed from PyPI/git, as on Colab
     monkeypatch.chdir(tmp_path)  # Colab runs notebooks in /content
     folder = cd.build_dir("lab4")
     assert folder.resolve() == (tmp_path / "build" / "lab4").resolve() and folder.is_dir()
     monkeypatch.delenv("COURSE_DATA", raising=False)
-    assert cd._default_data_dir().resolve() == (tmp_path / "data").resolve()
+    assert paths._default_data_dir().resolve() == (tmp_path / "data").resolve()
 
 
 def test_read_image_modes_and_sizes(tmp_path):
@@ -133,6 +133,20 @@ def test_read_image_errors_name_the_file(tmp_path):
         cd.read_image(tmp_path / "cut.png")
     with pytest.raises(FileNotFoundError, match="nothere.png"):
         cd.read_image(tmp_path / "nothere.png")
+
+
+def test_normalize_uint8_scales_and_standardises_per_channel():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).repeat(2, 1, 2, 2)  # [2, 3, 2, 2]
+    assert torch.equal(cd.normalize_uint8(images)[0, :, 0, 0], torch.tensor([0.0, 0.2, 1.0]))
+    standardised = cd.normalize_uint8(images, mean=(0.5, 0.2, 0.0), std=(0.5, 0.1, 2.0))
+    assert torch.allclose(standardised[1, :, 1, 1], torch.tensor([-1.0, 0.0, 0.5]))
+    assert torch.equal(cd.normalize_uint8(images[0], (0.5, 0.2, 0.0), (0.5, 0.1, 2.0)), standardised[0])  # one image
+    with pytest.raises(TypeError, match="uint8"):
+        cd.normalize_uint8(images.float())
+    with pytest.raises(ValueError, match="one value per channel"):
+        cd.normalize_uint8(images, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match="both"):
+        cd.normalize_uint8(images, mean=(0.5, 0.5, 0.5))
 
 
 def test_read_mask_binary_and_resized(tmp_path):
@@ -227,7 +241,7 @@ def no_network(root, timeout):
 
 
 def test_cifar_offline_fast_mode_uses_loud_stand_in(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cd, "_torchvision_download", no_network)
+    monkeypatch.setattr(cifar, "_torchvision_download", no_network)
     monkeypatch.setattr(device, "FAST", True)
     data = cd.load_cifar10(root=tmp_path, n_train=500, n_valid=100)
     assert data.stand_in and data.classes == [str(d) for d in range(10)]
@@ -240,7 +254,7 @@ def test_cifar_offline_fast_mode_uses_loud_stand_in(monkeypatch, tmp_path, capsy
 
 
 def test_cifar_offline_full_mode_raises_with_instructions(monkeypatch, tmp_path):
-    monkeypatch.setattr(cd, "_torchvision_download", no_network)
+    monkeypatch.setattr(cifar, "_torchvision_download", no_network)
     monkeypatch.setattr(device, "FAST", False)
     with pytest.raises(RuntimeError, match=r"cifar-10-python\.tar\.gz.*source="):
         cd.load_cifar10(root=tmp_path)
@@ -506,12 +520,12 @@ def test_defect_dataset_refuses_bad_input(tmp_path):
 
 @pytest.mark.parametrize("kind", cd.DEFECT_KINDS)
 def test_add_defect_changes_exactly_the_mask(kind):
-    photos = {t: cd._texture_photo(t) for t in cd.TEXTURES}
+    photos = {t: defect_painting._texture_photo(t) for t in cd.TEXTURES}
     areas = []
     for severity in (0.0, 1.0):
         for seed in range(3):
             rng = np.random.default_rng(seed)
-            clean = cd._texture_crop(photos["brick"], "brick", 64, rng)
+            clean = defect_painting._texture_crop(photos["brick"], "brick", 64, rng)
             image, mask = cd.add_defect(clean, kind, severity, rng, photos, "brick")
             assert image.shape == (64, 64, 3) and image.dtype == np.float32 and mask.dtype == bool
             assert mask.any() and np.array_equal(image[~mask], clean[~mask])  # nothing else touched

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO, load_tool
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("editions", REPO / "tools" / "editions.py")
-editions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(editions)
+editions = load_tool("editions")
 
 SQUARE = '''def square(x):
     """x -> x * x."""

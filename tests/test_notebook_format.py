@@ -8,23 +8,18 @@ the moment it lands. Lab 0 (`00_setup`) checks the machine and has no exercises:
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import textwrap
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import LABS, NOTEBOOKS, REPO, load_tool, python_source
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-LABS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 COLAB_LINK = "https://colab.research.google.com/github/anomaly-course/anomaly-detection-course/blob/main/{}"
 
-_spec = importlib.util.spec_from_file_location("editions", REPO / "tools" / "editions.py")
-editions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(editions)
+editions = load_tool("editions")
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -43,11 +38,6 @@ def canonical_install_cell() -> str:
     block = re.search(r"tagged `install`.*?\n( *)```python\n(.*?)\n *```", text, re.S)
     assert block, "CONTRIBUTING.md lost its install-cell code block"
     return textwrap.dedent(block.group(2)).rstrip("\n")
-
-
-def python_source(source: str) -> str:
-    """A code cell's source with IPython-only lines (`!cmd`, `%magic`) replaced by `pass`."""
-    return "\n".join(re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in source.splitlines())
 
 
 def by_name(paths: list[Path]) -> dict:

@@ -19,20 +19,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import NOTEBOOKS, REPO, python_source
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RERUN_NOTEBOOK = REPO / "notebooks" / "03_convolution_by_hand.ipynb"  # cheap: ~15 s in fast mode
 ALLOWED = ("data", "build")  # top-level folders that notebooks may write into
 NOT_WATCHED = {".git", ".venv", "__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 ESCAPING_PATH = re.compile(r"^(/[\w.]|~|[A-Za-z]:[\\/])|(^|[\\/])\.\.([\\/]|$)")  # /abs, ~, C:\, ..
 OUTSIDE_CALLS = re.compile(r"^(tempfile\.\w+|os\.chdir|(pathlib\.)?Path\.home|os\.path\.expanduser)$")
 TIMING = re.compile(r"\d\s*(s|ms|µs|us|ns|sec|seconds?|x|×)\b|\b(faster|slower|speed-?up|per second)\b", re.I)
-
-
-def python_source(source: str) -> str:
-    """A code cell's source with IPython-only lines (`!cmd`, `%magic`) replaced by `pass`."""
-    return "\n".join(re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in source.splitlines())
 
 
 def string_literals(tree: ast.AST) -> list[str]:

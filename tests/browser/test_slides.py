@@ -7,16 +7,11 @@ from the copies next to the slides, and MathJax must typeset every formula with 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import nbformat
+from conftest import load_tool
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("editions", REPO / "tools" / "editions.py")
-editions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(editions)
+editions = load_tool("editions")
 
 TYPESET_JS = """() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0
   && document.querySelectorAll('.MathJax, .MathJax_Display').length > 0"""

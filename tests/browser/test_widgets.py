@@ -15,9 +15,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "build" / "screenshots"
 STAND_IN = REPO / "build" / "browser" / "00_widget_stand_in.ipynb"
 

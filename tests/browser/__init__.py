@@ -1,0 +1,1 @@
+"""Browser tests (a package, so that their conftest.py does not shadow tests/conftest.py)."""

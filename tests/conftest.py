@@ -1,0 +1,43 @@
+"""What the test files share: the course folder, its notebooks, and the tools loaded as modules.
+
+pytest puts this folder on `sys.path`, so test modules import these names with
+`from conftest import REPO, NOTEBOOKS, load_tool`. (`tests/browser` is a package, so that its own
+conftest.py is `browser.conftest` and never shadows this one.)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+"""The course checkout: the folder with pyproject.toml, notebooks/, course_utils/ and tools/."""
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+"""Every notebook of the course, lab 0 (`00_setup`) included."""
+
+LABS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
+"""The labs proper: every notebook but lab 0, which checks the machine and has no exercises."""
+
+
+@functools.cache
+def load_tool(name: str) -> ModuleType:
+    """`tools/<name>.py` imported as a module (tools/ is a folder of scripts, not a package).
+
+    Loaded once per test session and shared by every test module that asks for it.
+    """
+    path = REPO / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Cannot load {path} as a module: does the file exist?")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def python_source(source: str) -> str:
+    """A code cell's source with IPython-only lines (`!cmd`, `%magic`) replaced by `pass`."""
+    return "\n".join(re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in source.splitlines())
