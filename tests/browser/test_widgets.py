@@ -102,7 +102,7 @@ def open_and_run_all(page, explorer: Explorer) -> None:
 def explorer_cell(page, explorer: Explorer):
     """The code cell whose output holds a slider and text matching the explorer's pattern."""
     cells = (page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider"))
-             .filter(has_text=re.compile(explorer.text, re.I)))
+             .filter(has_text=re.compile(explorer.text, re.IGNORECASE)))
     assert cells.count() >= 1, f"no cell of {explorer.notebook} shows a slider with text /{explorer.text}/"
     cell = cells.first
     cell.scroll_into_view_if_needed()
@@ -113,7 +113,7 @@ def read_output(cell, explorer: Explorer) -> tuple[str, tuple[str, ...]]:
     """The explorer's text line and the sources of the images the widget draws (the images of its
     `.widget-output` area; of the whole cell output if it has none)."""
     outputs = cell.locator(".jp-Cell-outputWrapper")
-    match = re.search(explorer.text, outputs.inner_text(), re.I)
+    match = re.search(explorer.text, outputs.inner_text(), re.IGNORECASE)
     widget = outputs.locator(".widget-output")
     scope = widget if widget.count() else outputs
     images = tuple(img.get_attribute("src") or "" for img in scope.locator("img").all())
