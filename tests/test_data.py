@@ -157,6 +157,42 @@ def test_read_mask_binary_and_resized(tmp_path):
     assert out[:, :4].min() == 1 and out[:, 4:].max() == 0
 
 
+
+def components(mask: torch.Tensor) -> int:
+    """How many 8-connected pieces a binary mask [H, W] has."""
+    from scipy import ndimage
+
+    return ndimage.label(mask.numpy() > 0.5, structure=np.ones((3, 3)))[1]
+
+
+@pytest.mark.parametrize("size", [64, 50, 32])
+def test_resize_mask_keeps_thin_defects_connected(tmp_path, size):
+    t = np.linspace(0, 1, 400)
+    rows, cols = (10 + 100 * t).round().astype(int), (20 + 90 * t + 12 * np.sin(8 * t)).round().astype(int)
+    crack = np.zeros((128, 128), np.uint8)
+    crack[rows, cols] = 255  # a 1-pixel-wide bent crack
+    big = torch.from_numpy(crack > 0).float()
+    assert components(big) == 1
+    nearest = torch.nn.functional.interpolate(big[None, None], size=(size, size), mode="nearest")[0, 0]
+    assert components(nearest) > 1  # what nearest neighbour did: dots
+    small = cd.read_mask(save(tmp_path / "crack.png", crack), image_size=size)
+    assert small.shape == (size, size) and components(small) == 1
+    assert torch.equal(small, cd.resize_mask(big, size))
+
+
+def test_resize_mask_grows_regions_by_at_most_a_pixel():
+    square = torch.zeros(128, 128)
+    square[32:96, 40:72] = 1  # 64 x 32 pixels
+    small = cd.resize_mask(square, 50)
+    exact = 64 * 32 * (50 / 128) ** 2
+    assert exact <= small.sum() <= (64 * 50 / 128 + 2) * (32 * 50 / 128 + 2)
+    assert torch.equal(cd.resize_mask(square, 128), square)
+    up = cd.resize_mask(square[::4, ::4], 64)  # enlarging: nearest neighbour, still binary
+    assert set(up.unique().tolist()) == {0.0, 1.0} and up.sum() == 4 * square[::4, ::4].sum()
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        cd.resize_mask(square[None], 64)
+
+
 # ---------------------------------------------------------------------------------------------
 # CIFAR-10
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +578,16 @@ def test_default_anomaly_root(tmp_path, monkeypatch, capsys):
     write_mvtec(tmp_path / "mvtec" / "bottle")
     assert cd.default_anomaly_root(root=tmp_path) == tmp_path / "mvtec" / "bottle"
     assert "MVTec AD category 'bottle'" in capsys.readouterr().out
+
+
+def test_default_anomaly_root_other_sizes_get_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "FAST", True)
+    default = cd.default_anomaly_root(image_size=32, root=tmp_path)
+    bigger = cd.default_anomaly_root(image_size=32, root=tmp_path, n_train=8, n_test=12)
+    assert bigger == tmp_path / "defects_brick_8_12" and default == tmp_path / "defects_brick"
+    assert len(list((bigger / "train" / "good").glob("*.png"))) == 8
+    assert sum(1 for _ in (bigger / "test").rglob("*.png")) == 12
+    assert (default / "dataset.json").exists()  # the default set was not rewritten
 
 
 def test_batch_augmenter_yields_normalised_shifted_batches() -> None:

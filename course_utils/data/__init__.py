@@ -4,7 +4,7 @@ Everything here returns plain tensors so that the labs can show every step. One 
 
 - `paths`: `DATA_DIR` (`<course>/data`, or `$COURSE_DATA`) for downloads and generated data sets,
   `build_dir(...)` (`<course>/build/...`) for what the labs write (checkpoints, logs).
-- `images`: `read_image`, `read_mask` (any file format, mode and size) and `normalize_uint8`
+- `images`: `read_image`, `read_mask`, `resize_mask` (any file format, mode and size) and `normalize_uint8`
   (uint8 images -> floats in [0, 1], standardised per channel if you pass a mean and std).
 - `cifar` (labs 1-4): `load_cifar10` reads a local copy, the cached download or, offline in fast
   mode, a loudly announced stand-in made from scikit-learn's handwritten digits; `make_loaders`
@@ -53,6 +53,7 @@ from course_utils.data.images import (
     normalize_uint8,
     read_image,
     read_mask,
+    resize_mask,
 )
 from course_utils.data.mvtec import (
     MVTEC_LAYOUT,
@@ -74,5 +75,5 @@ __all__ = [
     "add_defect", "build_dir", "check_mvtec_layout", "default_anomaly_root", "digits_stand_in",
     "download_file", "download_mvtec", "list_samples", "load_anomaly_data", "load_cifar10",
     "load_image_folder", "make_defect_dataset", "make_loaders", "normalize_uint8",
-    "random_crop_flip", "read_image", "read_mask", "sha256_of",
+    "random_crop_flip", "read_image", "read_mask", "resize_mask", "sha256_of",
 ]

@@ -69,16 +69,32 @@ def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def read_mask(path: str | Path, image_size: int | None = None) -> torch.Tensor:
-    """Read a ground-truth mask as float [H, W] in {0, 1} (resized with nearest neighbour).
+    """Read a ground-truth mask as float [H, W] in {0, 1}, resized with `resize_mask`.
 
     Pixels brighter than half the mask's maximum count as defect, so 0/255 and 0/1 masks both
     work; an all-black mask stays empty.
     """
     rgb = _open_rgb(Path(path))  # [H, W, 3]
     mask = torch.from_numpy(rgb.max(axis=2))  # [H, W]
-    if image_size is not None and mask.shape != (image_size, image_size):
-        mask = F.interpolate(mask[None, None], size=(image_size, image_size), mode="nearest")[0, 0]
-    return (mask > 0.5 * mask.max().clamp(min=1e-6)).float()  # [S, S] in {0, 1}
+    mask = (mask > 0.5 * mask.max().clamp(min=1e-6)).float()  # [H, W] in {0, 1}
+    return mask if image_size is None else resize_mask(mask, image_size)  # [S, S]
+
+
+def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A binary mask [H, W] at [size, size]: shrunk so that thin defects stay connected.
+
+    Shrinking with nearest neighbour keeps one pixel in k and turns a 1-pixel crack into dots;
+    here a pixel of the small mask is defect if any pixel it covers is (max pooling), so a thin
+    line stays a line and a region grows by at most one pixel at its edge. Enlarging uses nearest
+    neighbour.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"resize_mask takes one mask [H, W], got shape {tuple(mask.shape)}.")
+    if mask.shape == (size, size):
+        return mask
+    if mask.shape[0] > size or mask.shape[1] > size:
+        return F.adaptive_max_pool2d(mask[None, None].float(), (size, size))[0, 0]  # [S, S]
+    return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0]  # [S, S]
 
 
 def normalize_uint8(images: torch.Tensor, mean: Sequence[float] | None = None,

@@ -34,10 +34,11 @@ class Explorer:
 
 LAB3 = Explorer("notebooks/03_convolution_by_hand.ipynb", r"output shape[^\n]*", run_s=420)
 LAB5 = Explorer("notebooks/05_autoencoder_anomaly_detection.ipynb", r"[^\n]*false alarms?[^\n]*missed[^\n]*",
-                run_s=600, needs_image=False)
+                run_s=600)  # the confusion matrix is redrawn at every threshold
 
 # The notebook panel open on `path` (JupyterLab exposed as window.jupyterapp), then what we read of it.
-PANEL_JS = "[...window.jupyterapp.shell.widgets('main')].find(w => w.context?.path === path)"
+# (window.jupyterapp is undefined for a moment while the page loads: then there is no panel yet.)
+PANEL_JS = "[...(window.jupyterapp?.shell.widgets('main') ?? [])].find(w => w.context?.path === path)"
 READY_JS = f"""(path) => {{
   const panel = {PANEL_JS};
   return panel?.context.isReady && panel.sessionContext.session?.kernel?.status === 'idle';
@@ -101,7 +102,7 @@ def open_and_run_all(page, explorer: Explorer) -> None:
 def explorer_cell(page, explorer: Explorer):
     """The code cell whose output holds a slider and text matching the explorer's pattern."""
     cells = (page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider"))
-             .filter(has_text=re.compile(explorer.text, re.I)))
+             .filter(has_text=re.compile(explorer.text, re.IGNORECASE)))
     assert cells.count() >= 1, f"no cell of {explorer.notebook} shows a slider with text /{explorer.text}/"
     cell = cells.first
     cell.scroll_into_view_if_needed()
@@ -109,11 +110,20 @@ def explorer_cell(page, explorer: Explorer):
 
 
 def read_output(cell, explorer: Explorer) -> tuple[str, tuple[str, ...]]:
-    """The explorer's text line and the sources of the images in the cell's output."""
+    """The explorer's text line and the sources of the images the widget draws (the images of its
+    `.widget-output` area; of the whole cell output if it has none)."""
     outputs = cell.locator(".jp-Cell-outputWrapper")
-    match = re.search(explorer.text, outputs.inner_text(), re.I)
-    images = tuple(img.get_attribute("src") or "" for img in outputs.locator("img").all())
+    match = re.search(explorer.text, outputs.inner_text(), re.IGNORECASE)
+    widget = outputs.locator(".widget-output")
+    scope = widget if widget.count() else outputs
+    images = tuple(img.get_attribute("src") or "" for img in scope.locator("img").all())
     return (match.group(0).strip() if match else ""), images
+
+
+def images_loaded(cell) -> bool:
+    """Whether every image in the cell's output has loaded and has a size (is drawn, not pending)."""
+    return cell.locator(".jp-Cell-outputWrapper img").evaluate_all(
+        "imgs => imgs.every(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 0)")
 
 
 def drag(page, slider, fraction: float) -> None:
@@ -127,18 +137,34 @@ def drag(page, slider, fraction: float) -> None:
 
 
 def changed(before: tuple, after: tuple) -> bool:
-    """Whether the text changed, and the images too (unless there were none to change)."""
-    return after[0] != before[0] and (after[1] != before[1] or not before[1])
+    """Whether the text changed and the figure was redrawn: its first image is a new one. An output
+    being cleared and refilled shows the new text but no image for a moment: not a change yet."""
+    if after[0] == before[0]:
+        return False
+    return not before[1] or (bool(after[1]) and after[1][0] != before[1][0])
+
+
+def settle(cell, explorer: Explorer, now: tuple, timeout_s: float = 10) -> tuple:
+    """Wait until the output has stayed the same for a second and every image is drawn; return it."""
+    deadline, stable_since = time.monotonic() + timeout_s, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        latest = read_output(cell, explorer)
+        if latest != now:
+            now, stable_since = latest, time.monotonic()
+        elif time.monotonic() - stable_since >= 1.0 and images_loaded(cell):
+            break
+    return now
 
 
 def wait_for_change(cell, explorer: Explorer, before: tuple, timeout_s: float = 30, settle_s: float = 3) -> tuple:
-    """Poll the output until `changed(before, now)`; once anything has changed, give the rest
-    `settle_s` more. Returns the last (text, images) read."""
+    """Poll the output until `changed(before, now)`, then until it has settled; if something else
+    changed, give it `settle_s` more. Returns the last (text, images) read."""
     deadline, now = time.monotonic() + timeout_s, before
     while time.monotonic() < deadline:
         now = read_output(cell, explorer)
         if changed(before, now):
-            break
+            return settle(cell, explorer, now)
         if now != before:
             deadline = min(deadline, time.monotonic() + settle_s)
         time.sleep(0.25)
@@ -150,8 +176,8 @@ def check_slider_changes_output(page, explorer: Explorer, name: str) -> None:
     open_and_run_all(page, explorer)
     cell = explorer_cell(page, explorer)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    before = settle(cell, explorer, read_output(cell, explorer))
     cell.screenshot(path=SCREENSHOTS / f"{name}_before.png")
-    before = read_output(cell, explorer)
     assert before[0], f"the explorer shows no text /{explorer.text}/"
     assert before[1] or not explorer.needs_image, "the explorer shows no image"
     tried = []
@@ -161,6 +187,7 @@ def check_slider_changes_output(page, explorer: Explorer, name: str) -> None:
             after = wait_for_change(cell, explorer, before)
             tried.append(after[0])
             if changed(before, after):
+                assert images_loaded(cell), "the redrawn figure did not load"
                 cell.screenshot(path=SCREENSHOTS / f"{name}_after.png")
                 return
             before = after  # this slider moved something else (or nothing): compare from here
