@@ -225,13 +225,15 @@ def _user_mask(image: Path, mask_dir: str | Path | None, size: int) -> torch.Ten
 
 
 def default_anomaly_root(image_size: int = 128, texture: str = "brick",
-                         root: str | Path | None = None) -> Path:
+                         root: str | Path | None = None, n_test: int | None = None) -> Path:
     """The data set labs 5-7 use: an MVTec AD category you downloaded, else the offline one.
 
     Looks for the first category folder in `DATA_DIR/mvtec` (`root/mvtec`) in the MVTec layout;
     if there is none, writes (or reuses) `make_defect_dataset` output in
-    `DATA_DIR/defects_<texture>` (80 + 48 images in fast mode, 240 + 96 otherwise). Prints
-    which one it chose.
+    `DATA_DIR/defects_<texture>` (80 + 48 images in fast mode, 240 + 96 otherwise). `n_test`
+    asks for another number of test images (a quarter of them good), e.g. more for tighter
+    AUROC intervals; such a set gets its own folder, `defects_<texture>_<n_train>_<n_test>`.
+    Prints which one it chose.
     """
     root = Path(root or DATA_DIR)
     mvtec = root / "mvtec"
@@ -239,8 +241,11 @@ def default_anomaly_root(image_size: int = 128, texture: str = "brick",
     if found:
         print(f"Using MVTec AD category '{found[0].name}' from {found[0]}.")
         return found[0]
-    n_train, n_test = (80, 48) if _device.FAST else (240, 96)
-    path = make_defect_dataset(root / f"defects_{texture}", texture, n_train, n_test, image_size)
+    n_train, default_test = (80, 48) if _device.FAST else (240, 96)
+    if n_test is not None and n_test < 2:
+        raise ValueError(f"n_test must be at least 2 (one good, one defective image), got {n_test}.")
+    folder = f"defects_{texture}" if n_test in (None, default_test) else f"defects_{texture}_{n_train}_{n_test}"
+    path = make_defect_dataset(root / folder, texture, n_train, n_test or default_test, image_size)
     print(f"Using the offline defect data set {path} (scikit-image '{texture}' texture with "
           "synthetic defects); download real data with cu.data.download_mvtec('bottle').")
     return path
