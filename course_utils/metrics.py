@@ -277,15 +277,18 @@ def auroc_difference_interval(labels: ArrayLike, scores_a: ArrayLike, scores_b: 
     return _percentile_interval(aurocs[:, 0] - aurocs[:, 1], level)
 
 
-def _rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC of scores [n] against bool labels [n] by ranks (Mann-Whitney U; ties count half)."""
-    pos = labels.sum()
-    u = rankdata(scores)[labels].sum() - pos * (pos + 1) / 2
-    return float(u / (pos * (len(labels) - pos)))
+def _weighted_auroc(groups: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_groups: int) -> float:
+    """AUROC of pixels sorted by score, each counted `weights` times; equal scores share a group (ties count half)."""
+    pos = np.bincount(groups, weights * labels, minlength=n_groups)  # [G] defect weight per score value
+    neg = np.bincount(groups, weights * ~labels, minlength=n_groups)  # [G] normal weight per score value
+    if not pos.sum() or not neg.sum():
+        return float("nan")  # this resample has no defect pixels (or no normal ones)
+    below = np.cumsum(neg) - neg  # normal weight strictly below each score value
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
 def pixel_auroc_difference_interval(masks: ArrayLike, maps_a: ArrayLike, maps_b: ArrayLike,
-                                    n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                                    n_boot: int = 500, seed: int = 0, level: float = 0.95,
                                     grid: int = 32) -> tuple[float, float]:
     """A paired bootstrap interval for pixel AUROC(a) - pixel AUROC(b), maps [N, H, W] of the same images.
 
@@ -300,15 +303,22 @@ def pixel_auroc_difference_interval(masks: ArrayLike, maps_a: ArrayLike, maps_b:
     masks, a = _masks_and_maps(masks, maps_a)
     _, b = _masks_and_maps(masks, maps_b)
     step_y, step_x = max(1, masks.shape[1] // grid), max(1, masks.shape[2] // grid)
-    masks, a, b = (t[:, ::step_y, ::step_x].reshape(len(t), -1) for t in (masks, a, b))  # [N, P] each
+    masks, a, b = (t[:, ::step_y, ::step_x] for t in (masks, a, b))  # [N, h, w] each
+    image = np.broadcast_to(np.arange(len(masks))[:, None, None], masks.shape).ravel()  # [P] image of each pixel
+    sorted_maps = []
+    for maps in (a, b):  # sort once; a resample only reweights the pixels
+        order = np.argsort(maps.ravel(), kind="stable")
+        _, groups = np.unique(maps.ravel()[order], return_inverse=True)  # [P] equal scores, one group
+        sorted_maps.append((groups, masks.ravel()[order], image[order], groups.max() + 1))
     rng = np.random.default_rng(seed)
     differences = []
     while len(differences) < n_boot:
-        index = rng.integers(0, len(masks), len(masks))  # [N] images, with replacement
-        labels = masks[index].ravel()
-        if labels.all() or not labels.any():
-            continue  # a resample needs defect and normal pixels
-        differences.append(_rank_auroc(labels, a[index].ravel()) - _rank_auroc(labels, b[index].ravel()))
+        counts = np.bincount(rng.integers(0, len(masks), len(masks)), minlength=len(masks))  # [N] draws per image
+        aurocs = [_weighted_auroc(groups, labels, counts[img].astype(float), n)
+                  for groups, labels, img, n in sorted_maps]
+        if not all(np.isfinite(aurocs)):
+            continue  # the resample had no defect pixels (or no normal ones)
+        differences.append(aurocs[0] - aurocs[1])
     return _percentile_interval(np.array(differences), level)
 
 
