@@ -2,7 +2,7 @@
 
 Import it as `import course_utils as cu` and start every lab with `device = cu.setup()`.
 The submodules each do one job: `device`, `data`, `backbones`, `models`, `train`, `losses`,
-`anomaly`, `conv`, `metrics`, `plotting`, `checks`. Submodules are imported lazily, on first
+`anomaly`, `detectors`, `conv`, `metrics`, `plotting`, `checks`. Submodules are imported lazily, on first
 use (`cu.data`, `cu.plotting`, ...), so that `import course_utils` stays quick.
 """
 
@@ -19,7 +19,7 @@ from course_utils.device import FAST, autocast, pick_device, seed_everything, se
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "anomaly", "backbones", "checks", "conv", "data", "device", "losses", "metrics", "models",
+    "anomaly", "backbones", "checks", "conv", "data", "detectors", "device", "losses", "metrics", "models",
     "plotting", "train",
 }
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,17 +66,29 @@ def image_scores(maps: torch.Tensor, reduction: str = "max", top_k: float = 0.01
 
 
 @torch.no_grad()
-def run_in_batches(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32,
-                   device: torch.device | None = None) -> torch.Tensor:
-    """Apply `model` in eval mode to `inputs` [N, ...] in batches; outputs [N, ...] on the CPU.
+def run_in_batches(model: nn.Module | Callable, inputs: torch.Tensor, batch_size: int = 32,
+                   device: torch.device | str | None = None, to_cpu: bool = True) -> Any:
+    """Apply `model` to `inputs` [N, ...] in batches of `batch_size`; outputs [N, ...] on the CPU.
 
-    Used for reconstructions (`ConvAutoencoder`: images in, images out) and for pretrained
-    features (`MultiLayerFeatures`: images in, feature maps out).
+    The one batched-inference loop of the course: reconstructions (`ConvAutoencoder`: images in,
+    images out), pretrained features (`FeatureExtractor`: images in, a dict of feature maps out)
+    and the detectors' embeddings all go through it. `model` is an `nn.Module` (put in eval mode
+    and moved to `device`, by default the device of its parameters) or any function of a batch.
+    Outputs may be tensors or dicts of tensors; `to_cpu=False` keeps them on `device` (float32).
     """
-    device = device or next(model.parameters()).device
-    model.eval().to(device)
-    outputs = [model(inputs[i:i + batch_size].to(device)).float().cpu()  # [b, ...]
-               for i in range(0, len(inputs), batch_size)]
+    if isinstance(model, nn.Module):
+        device = device or next(model.parameters(), torch.empty(0)).device
+        model.eval().to(device)
+    device = torch.device(device or "cpu")
+
+    def run(batch: torch.Tensor) -> Any:
+        out = model(batch.to(device))  # [b, ...] or {name: [b, ...]}
+        move = (lambda t: t.float().cpu()) if to_cpu else (lambda t: t.float())
+        return {k: move(v) for k, v in out.items()} if isinstance(out, dict) else move(out)
+
+    outputs = [run(batch) for batch in inputs.split(batch_size)]
+    if isinstance(outputs[0], dict):
+        return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}  # {name: [N, ...]}
     return torch.cat(outputs)  # [N, ...]
 
 
@@ -117,16 +131,114 @@ def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def to_image_maps(maps: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
-    """Resize anomaly maps [N, h, w] to the image size [N, H, W] (bilinear) and smooth them.
+def _pair(value: float | Sequence[float] | torch.Tensor) -> tuple[float, float]:
+    """(y, x) from one number (both axes) or two numbers."""
+    if torch.is_tensor(value):
+        value = value.tolist()
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    return float(value[0]), float(value[1])
 
+
+def place_cells(maps: torch.Tensor, size: int | tuple[int, int], stride: float | Sequence[float],
+                offset: float | Sequence[float] = 0.0, out_stride: float | Sequence[float] = 1.0,
+                out_offset: float | Sequence[float] = 0.0, align: bool = True) -> torch.Tensor:
+    """Resample feature maps [N, C, h, w] onto a grid of `size` [N, C, H, W], cell centres where they belong.
+
+    Cell (i, j) of a stage with `stride` s looks at the image around pixel (s*i + offset_y,
+    s*j + offset_x) (its receptive-field centre, measured by `stage_geometry`); output cell (p, q)
+    sits at (out_stride*p + out_offset_y, ...) (out_stride 1, offset 0: image pixels). Values are
+    interpolated linearly between cell centres and held constant beyond the outermost ones.
+    `align=False` ignores the geometry and does what `F.interpolate(..., align_corners=False)`
+    does, which puts cell i at s*i + (s - 1)/2: for a stride-16 stage 7.5 px too far down-right.
+    """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if not align:
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # [N, C, H, W]
+    (sy, sx), (oy, ox) = _pair(stride), _pair(offset)
+    (ty, tx), (py, px) = _pair(out_stride), _pair(out_offset)
+    h, w = maps.shape[-2:]
+
+    def normalised(n_out: int, n_in: int, step: float, start: float, s: float, o: float) -> torch.Tensor:
+        u = (start + step * torch.arange(n_out, dtype=maps.dtype, device=maps.device) - o) / s  # cell coordinate
+        return 2 * u / (n_in - 1) - 1 if n_in > 1 else torch.zeros_like(u)  # grid_sample's [-1, 1]
+
+    gy = normalised(size[0], h, ty, py, sy, oy)  # [H]
+    gx = normalised(size[1], w, tx, px, sx, ox)  # [W]
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # [H, W, 2] as (x, y)
+    grid = grid.expand(len(maps), *grid.shape)  # [N, H, W, 2]
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)  # [N, C, H, W]
+
+
+def to_image_maps(maps: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0,
+                  stride: float | Sequence[float] | None = None, offset: float | Sequence[float] = 0.0,
+                  align: bool = True) -> torch.Tensor:
+    """Bring anomaly maps [N, h, w] to the image size [N, H, W] and smooth them: the course's one map post-processor.
+
+    Pixel maps (of images resized to h x w) are resized bilinearly (`stride=None`). Feature maps
+    pass the `stride` and measured `offset` of their stage, so each cell lands on the pixel it
+    looks at (`place_cells`; `align=False` gives the old, shifted upsampling for comparison).
     `sigma` is the Gaussian blur in output pixels (0 = none). Image-level and pixel-level AUROC
     are computed on these maps.
     """
     size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(maps.shape[-2:]) != size:
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if stride is not None:
+        maps = place_cells(maps[:, None], size, stride, offset, align=align)[:, 0]  # [N, H, W]
+    elif tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]  # [N, H, W]
     return gaussian_blur(maps, sigma)  # [N, H, W]
+
+
+def _central_cells(maps: torch.Tensor) -> torch.Tensor:
+    """The central 2 x 2 cells [n, C, 2, 2] of feature maps [n, C, h, w]."""
+    i, j = maps.shape[-2] // 2, maps.shape[-1] // 2
+    return maps[:, :, i - 1:i + 1, j - 1:j + 1]
+
+
+_GEOMETRY_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def stage_geometry(backbone: nn.Module, layers: Sequence[str], image_size: int = 128, n_images: int = 4,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measured stride [S] and receptive-field centre offset [S, 2] (y, x pixels) of each layer of `backbone`.
+
+    Cell i of a stage with stride s is centred at pixel s*i + offset. We measure where it looks:
+    the gradient of the central 2x2 cells of each layer with respect to `n_images` random images;
+    the centroid of its magnitude is the centre. For EfficientNet-Lite0 the offsets are negative
+    (about -0.5, -3, -5 px for blocks.1-3): its learned kernels weigh the up-left more. Results
+    are cached per backbone object, so measuring costs one backward pass per backbone.
+    """
+    from course_utils.backbones import imagenet_normalize
+
+    cache = _GEOMETRY_CACHE.setdefault(backbone, {})
+    missing = [name for name in layers if name not in cache]
+    if missing:
+        modules = dict(backbone.named_modules())
+        x = torch.rand(n_images, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+        x = x.to(next(backbone.parameters()).device).requires_grad_(True)  # [n, 3, S, S]
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+                 for name in missing]
+        try:
+            with torch.enable_grad():
+                backbone(imagenet_normalize(x))
+                central = {name: _central_cells(outputs[name]) for name in missing}  # [n, C, 2, 2] each
+        finally:
+            for hook in hooks:
+                hook.remove()
+        pixels = torch.arange(image_size, dtype=torch.float32, device=x.device)  # [S]
+        for name in missing:
+            h, w = outputs[name].shape[-2:]
+            stride = image_size / h
+            (grad,) = torch.autograd.grad(central[name].abs().sum(), x, retain_graph=True)  # [n, 3, S, S]
+            weight = grad.abs().sum(dim=(0, 1))  # [S, S]: how much each pixel moves the four cells
+            cy = (weight.sum(1) * pixels).sum() / weight.sum()  # centroid row
+            cx = (weight.sum(0) * pixels).sum() / weight.sum()  # centroid column
+            # the four cells' centre is cell (h/2 - 0.5, w/2 - 0.5), at pixel stride * that + offset
+            cache[name] = (stride, (cy.item() - stride * (h // 2 - 0.5), cx.item() - stride * (w // 2 - 0.5)))
+    strides = torch.tensor([cache[name][0] for name in layers])  # [S]
+    offsets = torch.tensor([cache[name][1] for name in layers])  # [S, 2]
+    return strides, offsets
 
 
 # --- Lab 7: PatchCore and PaDiM ---
@@ -145,19 +257,44 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError("Expected float images with values in [0, 1]; for uint8 images use images.float() / 255.")
 
 
-def patch_embedding(feature_maps: Sequence[torch.Tensor], neighbourhood: int = 3) -> torch.Tensor:
-    """Local patch features from feature maps of several depths of a CNN.
+def patch_embedding(feature_maps: Sequence[torch.Tensor], neighbourhood: int = 3,
+                    strides: Sequence[float] | torch.Tensor | None = None,
+                    offsets: Sequence[Sequence[float]] | torch.Tensor | None = None,
+                    scale_to: int = 0, align: bool = True) -> torch.Tensor:
+    """Local patch features from feature maps of several depths of a CNN: the course's one embedding.
 
-    `feature_maps` are [B, C_i, h_i, w_i], shallowest first. Each map is averaged over a
-    `neighbourhood` x `neighbourhood` window (so a patch also sees its neighbours; 1 = off), the
-    deeper maps are upsampled to the size of the first, and all are concatenated along channels:
-    the result is [B, sum(C_i), h_0, w_0], one feature vector per patch of the first map.
+    `feature_maps` are [B, C_i, h_i, w_i]. Each map is averaged over a `neighbourhood` x
+    `neighbourhood` window (so a patch also sees its neighbours; 1 = off; borders average only
+    the cells that exist), brought to the grid of map number `scale_to` (finer maps are first
+    average-pooled by the stride ratio, coarser maps interpolated), and all are concatenated along
+    channels: [B, sum(C_i), h, w], one feature vector per cell of that map. `strides` [S] and
+    `offsets` [S, 2] (from `stage_geometry`) place every cell at its receptive-field centre;
+    without them strides are read from the map sizes and offsets taken as 0. `align=False`
+    reproduces the old `F.interpolate(align_corners=False)` stacking.
     """
-    size = feature_maps[0].shape[-2:]
+    heights = [f.shape[-2] for f in feature_maps]
+    if strides is None:
+        strides = [heights[0] / h for h in heights]  # in units of the first map's cells
+    strides = [float(s) for s in strides]
+    offsets = [(0.0, 0.0)] * len(feature_maps) if offsets is None else [_pair(o) for o in offsets]
+    size, target = feature_maps[scale_to].shape[-2:], strides[scale_to]
     pad = neighbourhood // 2
-    pooled = [F.avg_pool2d(f, neighbourhood, 1, pad, count_include_pad=False) for f in feature_maps]  # [B, C_i, h_i, w_i]
-    resized = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled]  # [B, C_i, h_0, w_0]
-    return torch.cat(resized, dim=1)  # [B, sum C_i, h_0, w_0]
+    out = []
+    for f, stride, offset in zip(feature_maps, strides, offsets):
+        f = F.avg_pool2d(f, neighbourhood, 1, pad, count_include_pad=False)  # [B, C_i, h_i, w_i]
+        if tuple(f.shape[-2:]) == tuple(size):
+            out.append(f)
+            continue
+        factor = round(target / stride)
+        if factor > 1:  # a finer map: average each factor x factor block first (no aliasing)
+            if not align:
+                out.append(F.adaptive_avg_pool2d(f, size))  # [B, C_i, h, w]
+                continue
+            f = F.avg_pool2d(f, factor, factor, ceil_mode=True)  # [B, C_i, ~h, ~w]
+            offset = tuple(o + stride * (factor - 1) / 2 for o in offset)
+            stride = stride * factor
+        out.append(place_cells(f, size, stride, offset, target, offsets[scale_to], align=align))  # [B, C_i, h, w]
+    return torch.cat(out, dim=1)  # [B, sum C_i, h, w]
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -258,11 +395,43 @@ def reweighted_scores(patches: torch.Tensor, distances: torch.Tensor, nearest: t
     return (1 - to_support.softmax(dim=1)[:, 0]) * s_star  # [N]
 
 
-def gaussian_per_position(features: torch.Tensor, regularization: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+class Gaussians(NamedTuple):
+    """PaDiM's fitted model: `mean` [P, C], `precision` [P, C, C] (inverse covariance) and the
+    `shrinkage` [P] applied at each of the P positions."""
+
+    mean: torch.Tensor
+    precision: torch.Tensor
+    shrinkage: torch.Tensor
+
+
+def ledoit_wolf_shrinkage(centred: torch.Tensor) -> torch.Tensor:
+    """Ledoit-Wolf weights [P] for centred samples [P, N, C] (N samples of C numbers at P places).
+
+    With few samples (N <= C) a sample covariance S is singular: directions the N samples did not
+    vary in get variance 0, so new good samples look infinitely unusual there. Shrinking towards
+    a scaled identity, (1 - a) S + a (trace(S) / C) I, fixes that; Ledoit and Wolf (2004) give the
+    weight a that minimises the expected squared error of the estimate, from the data alone:
+    a = min(b, d) / d with d = |S - mu I|^2 / C and b = (mean_k |x_k|^4 - |S|^2) / (C N).
+    """
+    n, c = centred.shape[1], centred.shape[2]
+    cov = centred.transpose(1, 2) @ centred / n  # [P, C, C] (the 1/N estimate, as in the paper)
+    mu = cov.diagonal(dim1=1, dim2=2).sum(-1) / c  # [P]
+    cov_sq = (cov * cov).sum(dim=(1, 2))  # [P] |S|_F^2
+    d = (cov_sq - c * mu ** 2) / c  # [P] |S - mu I|_F^2 / C
+    b = ((centred * centred).sum(-1) ** 2).mean(1)  # [P] mean_k |x_k|^4
+    b = ((b - cov_sq) / (c * n)).clamp_min(0)  # [P]
+    return torch.where(d > 0, torch.minimum(b, d) / d.clamp_min(1e-12), torch.ones_like(d))  # [P]
+
+
+def gaussian_per_position(features: torch.Tensor, regularization: float = 0.01,
+                          shrinkage: float | str = "ledoit_wolf") -> Gaussians:
     """PaDiM's model: one Gaussian per patch position, fitted to features [N, C, h, w] of N good images.
 
-    Returns (mean [P, C], precision [P, C, C]) with P = h * w; precision is the inverse of the
-    covariance plus `regularization` times the identity (which keeps it invertible).
+    Returns `Gaussians(mean [P, C], precision [P, C, C], shrinkage [P])` with P = h * w. The
+    covariance at each position is the sample covariance S shrunk towards (trace(S) / C) I with
+    weight a (`shrinkage="ledoit_wolf"`: a chosen from the data per position, see
+    `ledoit_wolf_shrinkage`; a number: that a everywhere; 0: the paper's plain S), plus
+    `regularization` times the identity (the paper's 0.01, which keeps it invertible).
     """
     n, c, h, w = features.shape
     if n < 2:
@@ -270,9 +439,18 @@ def gaussian_per_position(features: torch.Tensor, regularization: float = 0.01) 
     x = features.flatten(2).permute(2, 0, 1)  # [P, N, C]
     mean = x.mean(dim=1)  # [P, C]
     centred = x - mean[:, None]  # [P, N, C]
+    if shrinkage == "ledoit_wolf":
+        weight = ledoit_wolf_shrinkage(centred)  # [P]
+    elif isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1:
+        weight = torch.full((len(x),), float(shrinkage), device=x.device, dtype=x.dtype)  # [P]
+    else:
+        raise ValueError(f"shrinkage must be 'ledoit_wolf' or a number in [0, 1], not {shrinkage!r}.")
+    eye = torch.eye(c, device=x.device, dtype=x.dtype)  # [C, C]
     cov = centred.transpose(1, 2) @ centred / (n - 1)  # [P, C, C]
-    cov += regularization * torch.eye(c, device=cov.device, dtype=cov.dtype)  # [P, C, C]
-    return mean, torch.linalg.inv(cov)  # [P, C], [P, C, C]
+    scale = cov.diagonal(dim1=1, dim2=2).mean(-1)  # [P] average variance
+    a = weight.view(-1, 1, 1)
+    cov = (1 - a) * cov + a * scale.view(-1, 1, 1) * eye + regularization * eye  # [P, C, C]
+    return Gaussians(mean, torch.linalg.inv(cov), weight)  # [P, C], [P, C, C], [P]
 
 
 def mahalanobis_maps(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -287,137 +465,12 @@ def mahalanobis_maps(features: torch.Tensor, mean: torch.Tensor, precision: torc
     return squared.clamp_min_(0).sqrt_().T.reshape(n, h, w)  # [N, h, w]
 
 
-class _PatchDetector:
-    """What PatchCore and PaDiM share: a frozen feature extractor, batching, and map smoothing."""
-
-    def __init__(self, backbone: nn.Module | None, layers: Sequence[str], sigma: float,
-                 batch_size: int, device: torch.device | str | None) -> None:
-        from course_utils.backbones import FeatureExtractor, pretrained_backbone
-
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        backbone = backbone if backbone is not None else pretrained_backbone("efficientnet_lite0")
-        self.extractor = FeatureExtractor(backbone, layers).to(self.device)
-        self.layers, self.sigma, self.batch_size = tuple(layers), sigma, batch_size
-
-    def _features(self, images: torch.Tensor, neighbourhood: int) -> torch.Tensor:
-        """Patch embeddings [N, D, h, w] of images [N, 3, H, W], computed batch by batch on the device.
-
-        Also records `self.stage_channels`, how many of the D channels each layer contributes.
-        """
-        _check_images(images)
-        out = []
-        for batch in images.split(self.batch_size):
-            maps = self.extractor(batch.to(self.device))  # {layer: [b, C, h, w]}
-            self.stage_channels = [maps[name].shape[1] for name in self.layers]
-            out.append(patch_embedding([maps[name] for name in self.layers], neighbourhood))  # [b, D, h, w]
-        return torch.cat(out)  # [N, D, h, w]
-
-    def _to_image_maps(self, patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Upsample patch maps [N, h, w] to image size [N, H, W] and smooth them with a Gaussian."""
-        maps = F.interpolate(patch_maps[:, None], size=size, mode="bilinear", align_corners=False)  # [N, 1, H, W]
-        return gaussian_blur(maps[:, 0], self.sigma)  # [N, H, W]
 
 
-class PatchCore(_PatchDetector):
-    """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+def __getattr__(name: str) -> Any:
+    """`cu.anomaly.PatchCore` and `cu.anomaly.PaDiM` live in `course_utils.detectors`; re-exported here."""
+    if name in ("PatchCore", "PaDiM", "Prediction"):
+        from course_utils import detectors
 
-    `fit(images)` stores the patch features of good images [N, 3, H, W] (values in [0, 1]) in a
-    memory bank, thinned to `coreset_ratio` of its size by greedy coreset selection.
-    `predict(images)` returns (scores [N], maps [N, H, W]): a patch's anomaly is the distance to
-    its nearest neighbour in the bank; the image score is the worst patch's distance, re-weighted
-    by how crowded the bank is around that patch's neighbour.
-    """
-
-    def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.3"),
-                 coreset_ratio: float = 0.01, num_neighbors: int = 9, projection_dim: int = 64,
-                 sigma: float = 4.0, batch_size: int = 32, device: torch.device | str | None = None,
-                 seed: int = 0) -> None:
-        if not 0 < coreset_ratio <= 1:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}.")
-        super().__init__(backbone, layers, sigma, batch_size, device)
-        self.coreset_ratio, self.num_neighbors = coreset_ratio, num_neighbors
-        self.projection_dim, self.seed = projection_dim, seed
-        self.memory_bank: torch.Tensor | None = None  # [M, D] after fit
-        self.stage_scales: torch.Tensor | None = None  # [S] mean feature length of each stage, after fit
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch features [N, D, h, w] of images [N, 3, H, W]: two stages, 3x3 neighbourhoods, each
-        stage divided by its mean feature length on the good images (`stage_scales`, set by `fit`)."""
-        features = self._features(images, neighbourhood=3)  # [N, D, h, w]
-        if self.stage_scales is None:  # fit: measure each stage on the good images
-            self.stage_scales = torch.stack([part.norm(dim=1).mean() for part in features.split(self.stage_channels, dim=1)])  # [S]
-        scales = self.stage_scales.repeat_interleave(torch.tensor(self.stage_channels, device=features.device))  # [D]
-        return features / scales.view(1, -1, 1, 1)  # [N, D, h, w]: every stage counts alike in distances
-
-    @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> "PatchCore":
-        """Build the memory bank [M, D] from good images [N, 3, H, W]; M = coreset_ratio * N * h * w."""
-        self.stage_scales = None
-        features = self.embed(images)  # [N, D, h, w]
-        patches = features.permute(0, 2, 3, 1).flatten(0, 2)  # [N*h*w, D]
-        n = max(1, round(self.coreset_ratio * len(patches)))
-        keep = greedy_coreset(patches, n, self.projection_dim, self.seed) if n < len(patches) else slice(None)
-        self.memory_bank = patches[keep].contiguous()  # [M, D]
-        return self
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image scores [N] and smoothed anomaly maps [N, H, W] (on the CPU) for images [N, 3, H, W]."""
-        if self.memory_bank is None:
-            raise RuntimeError("PatchCore has no memory bank yet: call fit(good_images) first.")
-        features = self.embed(images)  # [N, D, h, w]
-        n, d, h, w = features.shape
-        patches = features.permute(0, 2, 3, 1).reshape(n, h * w, d)  # [N, P, D]
-        distances, nearest = nearest_neighbours(patches.flatten(0, 1), self.memory_bank)  # [N*P, 1] each
-        distances, nearest = distances.view(n, h * w), nearest.view(n, h * w)  # [N, P]
-        scores = reweighted_scores(patches, distances, nearest, self.memory_bank, self.num_neighbors)  # [N]
-        maps = self._to_image_maps(distances.view(n, h, w), images.shape[-2:])  # [N, H, W]
-        return scores.cpu(), maps.cpu()
-
-
-class PaDiM(_PatchDetector):
-    """PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework", ICPR 2021).
-
-    `fit(images)` fits, at every patch position of good images [N, 3, H, W] (values in [0, 1]),
-    a Gaussian (mean, covariance) over a random subset of `n_features` feature channels.
-    `predict(images)` returns (scores [N], maps [N, H, W]): a patch's anomaly is its Mahalanobis
-    distance to the Gaussian of its position; an image's score is the maximum of its map.
-    """
-
-    def __init__(self, backbone: nn.Module | None = None,
-                 layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"), n_features: int = 100,
-                 regularization: float = 0.01, sigma: float = 4.0, batch_size: int = 32,
-                 device: torch.device | str | None = None, seed: int = 0) -> None:
-        super().__init__(backbone, layers, sigma, batch_size, device)
-        self.n_features, self.regularization, self.seed = n_features, regularization, seed
-        self.channels: torch.Tensor | None = None  # [C] indices of the kept channels
-        self.mean: torch.Tensor | None = None  # [P, C] after fit
-        self.precision: torch.Tensor | None = None  # [P, C, C] inverse covariances after fit
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Features [N, C, h, w] of images [N, 3, H, W]: all stages upsampled, a random channel subset."""
-        features = self._features(images, neighbourhood=1)  # [N, D, h, w]
-        if self.channels is None:
-            generator = torch.Generator().manual_seed(self.seed)
-            self.channels = torch.randperm(features.shape[1], generator=generator)[: self.n_features]
-        return features[:, self.channels.to(features.device)]  # [N, C, h, w]
-
-    @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> "PaDiM":
-        """Fit mean [P, C] and inverse covariance [P, C, C] per patch position from good images."""
-        self.channels = None
-        features = self.embed(images)  # [N, C, h, w]
-        self.mean, self.precision = gaussian_per_position(features, self.regularization)  # [P, C], [P, C, C]
-        return self
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image scores [N] and smoothed anomaly maps [N, H, W] (on the CPU) for images [N, 3, H, W]."""
-        if self.precision is None:
-            raise RuntimeError("PaDiM has no Gaussians yet: call fit(good_images) first.")
-        features = self.embed(images)  # [N, C, h, w]
-        if features.shape[2] * features.shape[3] != len(self.mean):
-            raise ValueError("PaDiM compares patch positions: give test images the size of the training images.")
-        distances = mahalanobis_maps(features, self.mean, self.precision)  # [N, h, w]
-        maps = self._to_image_maps(distances, images.shape[-2:])  # [N, H, W]
-        return image_scores(maps, "max").cpu(), maps.cpu()
+        return getattr(detectors, name)
+    raise AttributeError(f"module 'course_utils.anomaly' has no attribute {name!r}")

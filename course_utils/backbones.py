@@ -150,10 +150,6 @@ def extract_features(
     extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 32, device: torch.device | None = None
 ) -> dict[str, torch.Tensor]:
     """Run `extractor` over images [N, 3, H, W] in batches; returns {layer: [N, C, h, w]} on the CPU."""
-    device = device or next(extractor.parameters()).device
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in extractor.layers}
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device)  # [b, 3, H, W]
-        for name, fmap in extractor(batch).items():
-            chunks[name].append(fmap.float().cpu())  # [b, C, h, w]
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    from course_utils.anomaly import run_in_batches
+
+    return run_in_batches(extractor, images, batch_size, device)  # {layer: [N, C, h, w]}

@@ -260,37 +260,55 @@ class FeatureAutoencoder(nn.Module):
         return self.decoder(z)  # [B, C, h, w]
 
 
-def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize feature maps [B, C, h, w] to `size`: average-pool when shrinking, bilinear when growing."""
-    if maps.shape[-1] >= size[-1]:
-        return F.adaptive_avg_pool2d(maps, size)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-
-
 class MultiLayerFeatures(nn.Module):
     """Frozen pretrained features from several depths, stacked into one map per image.
 
     `MultiLayerFeatures(backbone, layers=("blocks.1", "blocks.2", "blocks.3"))(images)` takes
     images [B, 3, H, W] in [0, 1], reads each layer (shallow = edges and colours, deep = parts),
     averages each over a `pool` x `pool` neighbourhood (so every vector also describes its
-    surroundings), resizes all to the resolution of the first layer and concatenates:
-    [B, sum of channels, H/s, W/s] (s = the first layer's stride, 4 for "blocks.1").
+    surroundings), brings all to the grid of `scale_to` (default: the first layer) and
+    concatenates: [B, sum of channels, H/s, W/s] (s = that layer's stride, 4 for "blocks.1").
+    It measures once where each layer's cells look (`cu.anomaly.stage_geometry`) and places
+    every cell there (`align=False`: the old `align_corners=False` resizing). `channels`,
+    `out_stride` and `out_offset` describe the output: channels per layer, and the output
+    grid's stride and receptive-field offset (y, x) in pixels, for `cu.anomaly.to_image_maps`.
+    The stacking is `cu.anomaly.patch_embedding`, shared with PatchCore and PaDiM.
     """
 
     def __init__(self, backbone: nn.Module, layers: tuple[str, ...] = ("blocks.1", "blocks.2", "blocks.3"),
-                 pool: int = 3, scale_to: str | None = None) -> None:
+                 pool: int = 3, scale_to: str | None = None, align: bool = True) -> None:
         super().__init__()
+        from course_utils.anomaly import stage_geometry
         from course_utils.backbones import FeatureExtractor
 
         self.extractor = FeatureExtractor(backbone, layers)
-        self.pool = pool
-        self.scale_to = scale_to or self.extractor.layers[0]
+        self.layers, self.pool, self.align = tuple(layers), pool, align
+        self.scale_to = scale_to or self.layers[0]
+        if self.scale_to not in self.layers:
+            raise ValueError(f"scale_to={self.scale_to!r} must be one of the layers {self.layers}.")
+        strides, offsets = stage_geometry(backbone, self.layers)  # [S], [S, 2]
+        self.register_buffer("strides", strides)
+        self.register_buffer("offsets", offsets)
+        device = next(backbone.parameters()).device
+        probe = self.extractor(torch.zeros(1, 3, 64, 64, device=device))  # {layer: [1, C, h, w]}
+        self.channels = tuple(probe[name].shape[1] for name in self.layers)
+
+    @property
+    def out_stride(self) -> float:
+        """Stride in pixels of the output grid (that of `scale_to`)."""
+        return float(self.strides[self.layers.index(self.scale_to)])
+
+    @property
+    def out_offset(self) -> tuple[float, float]:
+        """Receptive-field centre offset (y, x) in pixels of the output grid's cells."""
+        y, x = self.offsets[self.layers.index(self.scale_to)].tolist()
+        return y, x
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Stacked features [B, C_total, h, w] of images [B, 3, H, W] in [0, 1]."""
+        from course_utils.anomaly import patch_embedding
+
         feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
-        size = feats[self.scale_to].shape[-2:]
-        maps = [F.avg_pool2d(m, self.pool, stride=1, padding=self.pool // 2) for m in feats.values()]
-        maps = [_resize(m, size) for m in maps]  # each [B, C_i, h, w]
-        return torch.cat(maps, dim=1)  # [B, C_total, h, w]
+        return patch_embedding([feats[name] for name in self.layers], self.pool, self.strides, self.offsets,
+                               self.layers.index(self.scale_to), self.align)  # [B, C_total, h, w]

@@ -1,0 +1,502 @@
+"""Every anomaly detector of labs 5-7 as one object with one interface.
+
+    detector = cu.detectors.PatchCore().fit(good_images)       # images float [N, 3, H, W] in [0, 1]
+    scores, maps = detector.predict(test_images)               # Prediction: [M] and [M, H, W]
+
+A detector is an `nn.Module`: `fit(images)` learns from good images only and returns the
+detector (it records `fit_seconds`, and `history` where something is trained); `predict(images)`
+returns a `Prediction(scores [M], maps [M, H, W])` on the CPU, maps at the images' size and
+smoothed. Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
+fitted detector and `load_state_dict` into a fresh one with the same arguments predicts the same.
+
+- `ReconstructionDetector`: a convolutional autoencoder on pixels (lab 5; lab 6 (a)-(c)).
+- `FeatureAEDetector`: an autoencoder on pretrained features (lab 6 (d); the DFR idea of
+  Shi et al., 2021).
+- `PatchCore` (Roth et al., 2022) and `PaDiM` (Defard et al., 2021): lab 7.
+- `AnomalibDetector`: anomalib 2.x's PatchCore or PaDiM behind the same interface (lab 7).
+
+Defaults are the labs' full-mode settings; labs pass their fast-mode sizes (epochs, sigma).
+The pieces (embedding, nearest neighbours, Gaussians, map post-processing) are in `cu.anomaly`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_utils import anomaly
+from course_utils.anomaly import _check_images
+
+
+class Prediction(NamedTuple):
+    """What `predict` returns: image `scores` [N] and anomaly `maps` [N, H, W] (CPU, smoothed, image size)."""
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+
+
+class Detector(nn.Module):
+    """What every detector shares: `fit` -> self, `predict` -> `Prediction`, timing, saving and loading.
+
+    Subclasses implement `_fit(images)` and `_predict(images) -> (maps [N, H, W], scores [N] or
+    None)`; when scores are None, they are the maps reduced by `reduction` ("max", "mean" or
+    "topk": the mean of the `top_k` fraction of highest pixels).
+    """
+
+    def __init__(self, sigma: float, reduction: str, top_k: float, batch_size: int,
+                 device: torch.device | str | None) -> None:
+        super().__init__()
+        if reduction not in ("max", "mean", "topk"):
+            raise ValueError(f"reduction must be 'max', 'mean' or 'topk', not {reduction!r}")
+        self.sigma, self.reduction, self.top_k, self.batch_size = sigma, reduction, top_k, batch_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.register_buffer("fitted", torch.tensor(False))
+        self.fit_seconds: float | None = None
+        self.predict_seconds: float | None = None
+        self.history = None  # a cu.train.History where fit trains a network
+
+    def fit(self, images: torch.Tensor) -> "Detector":
+        """Learn from good images [N, 3, H, W] (float in [0, 1]); returns the detector itself."""
+        _check_images(images)
+        start = time.perf_counter()
+        self.to(self.device)
+        self._fit(images)
+        self.fitted.fill_(True)
+        self.fit_seconds = time.perf_counter() - start
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Image scores [N] and smoothed anomaly maps [N, H, W] (on the CPU) for images [N, 3, H, W]."""
+        self._require_fit()
+        _check_images(images)
+        start = time.perf_counter()
+        self.to(self.device)
+        maps, scores = self._predict(images)  # [N, H, W], [N] or None
+        if scores is None:
+            scores = anomaly.image_scores(maps, self.reduction, self.top_k)  # [N]
+        self.predict_seconds = time.perf_counter() - start
+        return Prediction(scores.float().cpu(), maps.float().cpu())
+
+    def _fit(self, images: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _require_fit(self) -> None:
+        """Raise a clear error when the detector has not been fitted (nor loaded) yet."""
+        if not bool(self.fitted):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(good_images) first "
+                               "(or load_state_dict from a fitted one).")
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load a fitted detector's state; buffers that fit sizes from the data (memory bank, means,
+        ...) are resized to the saved shapes first, so a fresh detector can load a fitted one."""
+        buffers = dict(self.named_buffers())
+        for key, value in state_dict.items():
+            if key in buffers and buffers[key].shape != value.shape:
+                owner, _, name = key.rpartition(".")
+                module = self.get_submodule(owner) if owner else self
+                module._buffers[name] = torch.empty_like(value, device=buffers[key].device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+# --------------------------------------------------------------------------------------------
+# Labs 5-6: autoencoders on pixels and on features
+# --------------------------------------------------------------------------------------------
+
+
+def _train(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable, epochs: int, lr: float,
+           batch_size: int, device: torch.device):
+    """Train `model` to reproduce `inputs` [N, ...] with `cu.train.fit` (Adam, shuffled batches of (x, x))."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from course_utils.train import fit
+
+    loader = DataLoader(TensorDataset(inputs, inputs), batch_size=batch_size, shuffle=True)
+    return fit(model, loader, epochs=epochs, device=device, loss_fn=loss_fn,
+               optimizer=torch.optim.Adam(model.parameters(), lr=lr), progress=False)
+
+
+class ReconstructionDetector(Detector):
+    """An autoencoder trained on good images; the reconstruction error is the anomaly map (labs 5-6).
+
+    `model=None` builds lab 5's `ConvAutoencoder(widths, latent_channels, noise_std)` afresh at
+    every `fit`. `loss` trains it: "mse", "ssim" (1 - SSIM + MSE, lab 6 (b)), "feature" (MSE +
+    `feature_weight` x the EfficientNet feature loss of `feature_stages`, lab 6 (c)), or a callable
+    (recon, x) -> scalar. `error` scores it: "mse", "ssim" (1 - SSIM), "l1", "feature" (the
+    feature loss's per-pixel map) or a callable (images, recons) -> [N, H, W]. `image_size`
+    (None = the images' size) resizes images before the autoencoder; `sigma` is then in pixels
+    of that size. fit: `seed_everything(seed)`, build the default model, shuffled batches of
+    `batch_size`, Adam(`lr`), `epochs` epochs of `cu.train.fit`. Image score: `reduction` of the
+    smoothed map (lab 5: the mean of the top 1 % of pixels).
+    """
+
+    def __init__(self, model: nn.Module | None = None, loss: str | Callable = "mse",
+                 error: str | Callable = "mse", epochs: int = 80, lr: float = 1e-3, batch_size: int = 16,
+                 sigma: float = 4.0, reduction: str = "topk", top_k: float = 0.01,
+                 widths: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 16, noise_std: float = 0.0,
+                 feature_weight: float = 0.05, feature_stages: Sequence[int] = (1, 2, 3),
+                 image_size: int | None = None, seed: int = 0, device: torch.device | str | None = None) -> None:
+        super().__init__(sigma, reduction, top_k, batch_size, device)
+        from course_utils.models import ConvAutoencoder
+
+        for name, value, kinds in (("loss", loss, ("mse", "ssim", "feature")),
+                                   ("error", error, ("mse", "ssim", "l1", "feature"))):
+            if not callable(value) and value not in kinds:
+                raise ValueError(f"{name} must be one of {kinds} or a function, not {value!r}.")
+        self._default_model = model is None
+        self._model_args = dict(widths=tuple(widths), latent_channels=latent_channels, noise_std=noise_std)
+        self.model = ConvAutoencoder(**self._model_args) if model is None else model
+        self.loss, self.error, self.epochs, self.lr = loss, error, epochs, lr
+        self.feature_weight, self.image_size, self.seed = feature_weight, image_size, seed
+        if "feature" in (loss, error):
+            from course_utils.losses import FeatureLoss
+
+            self.feature_loss = FeatureLoss(stages=tuple(feature_stages))
+
+    def _loss_fn(self) -> Callable:
+        """The training loss named by `self.loss`."""
+        from course_utils.losses import SSIMLoss
+
+        if callable(self.loss):
+            return self.loss
+        if self.loss == "mse":
+            return nn.MSELoss()
+        if self.loss == "ssim":
+            return SSIMLoss(mse_weight=1.0)
+        return lambda recon, x: F.mse_loss(recon, x) + self.feature_weight * self.feature_loss(recon, x)
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] at the autoencoder's working size [N, 3, s, s]."""
+        if self.image_size is None or images.shape[-1] == self.image_size == images.shape[-2]:
+            return images
+        return F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True).clamp(0, 1)
+
+    def _fit(self, images: torch.Tensor) -> None:
+        from course_utils.device import seed_everything
+        from course_utils.models import ConvAutoencoder
+
+        seed_everything(self.seed)
+        if self._default_model:
+            self.model = ConvAutoencoder(**self._model_args)  # fresh weights: fit twice, same result
+        self.history = _train(self.model, self._resize(images), self._loss_fn(), self.epochs, self.lr,
+                              self.batch_size, self.device)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions [N, 3, s, s] of images [N, 3, H, W] (s = `image_size` or H), on the CPU."""
+        self._require_fit()
+        return anomaly.run_in_batches(self.model, self._resize(images), self.batch_size, self.device)
+
+    @torch.no_grad()
+    def error_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw (unsmoothed) error maps [N, s, s] of images [N, 3, H, W], by `error`, on the CPU."""
+        x = self._resize(images)  # [N, 3, s, s]
+        recons = self.reconstruct(images)  # [N, 3, s, s]
+        if callable(self.error):
+            return self.error(x, recons)
+        if self.error == "feature":
+            pairs = torch.stack([recons, x], dim=1)  # [N, 2, 3, s, s]
+            return anomaly.run_in_batches(lambda b: self.feature_loss.feature_map(b[:, 0], b[:, 1]), pairs,
+                                          self.batch_size, self.device)  # [N, s, s]
+        return anomaly.reconstruction_error_map(x, recons, kind=self.error)  # [N, s, s]
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        errors = self.error_maps(images)  # [N, s, s]
+        sigma = self.sigma * images.shape[-1] / errors.shape[-1]  # sigma was in working pixels
+        return anomaly.to_image_maps(errors, images.shape[-2:], sigma), None  # [N, H, W]
+
+
+class _FeatureDetector(Detector):
+    """What the feature-based detectors share: frozen pretrained multi-layer features (`MultiLayerFeatures`,
+    which knows where each feature cell looks) and the aligned map post-processing."""
+
+    def __init__(self, backbone: nn.Module | None, layers: Sequence[str], scale_to: str | None,
+                 neighbourhood: int, align: bool, sigma: float, reduction: str, top_k: float,
+                 batch_size: int, device: torch.device | str | None) -> None:
+        super().__init__(sigma, reduction, top_k, batch_size, device)
+        from course_utils.backbones import pretrained_backbone
+        from course_utils.models import MultiLayerFeatures
+
+        backbone = backbone if backbone is not None else pretrained_backbone("efficientnet_lite0")
+        self.layers, self.neighbourhood, self.align = tuple(layers), neighbourhood, align
+        self.embedder = MultiLayerFeatures(backbone, self.layers, pool=neighbourhood, scale_to=scale_to, align=align)
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """How many of the D feature channels each layer contributes."""
+        return self.embedder.channels
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw multi-layer patch features [N, D, h, w] of images [N, 3, H, W], on the detector's device."""
+        _check_images(images)
+        return anomaly.run_in_batches(self.embedder, images, self.batch_size, self.device, to_cpu=False)
+
+    def _to_image_maps(self, cell_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Cell maps [N, h, w] placed at their receptive-field centres, image size [N, H, W], smoothed."""
+        return anomaly.to_image_maps(cell_maps, tuple(size), self.sigma, stride=self.embedder.out_stride,
+                                     offset=self.embedder.out_offset, align=self.align)
+
+
+class FeatureAEDetector(_FeatureDetector):
+    """An autoencoder over pretrained features (lab 6 (d)): the DFR idea of Shi et al. (2021).
+
+    The features of `layers` of a frozen ImageNet CNN (EfficientNet-Lite0 by default), each
+    averaged over a `neighbourhood` x `neighbourhood` window and stacked at the grid of
+    `scale_to`, are standardised per channel (mean and std of the good images, set by fit);
+    a `FeatureAutoencoder(hidden, latent_channels)` of 1x1 convolutions learns to reproduce them
+    (`epochs` of `cu.train.fit`, Adam(`lr`), shuffled batches of `batch_size`, after
+    `seed_everything(seed)`). The squared feature error per cell is the anomaly map; the image
+    score its `reduction` (lab 6: the maximum).
+    """
+
+    def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"),
+                 scale_to: str = "blocks.1", neighbourhood: int = 3, hidden: int = 128, latent_channels: int = 32,
+                 epochs: int = 40, lr: float = 1e-3, batch_size: int = 16, sigma: float = 4.0,
+                 reduction: str = "max", top_k: float = 0.01, align: bool = True, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(backbone, layers, scale_to, neighbourhood, align, sigma, reduction, top_k, batch_size, device)
+        from course_utils.models import FeatureAutoencoder
+
+        self.hidden, self.latent_channels, self.epochs, self.lr, self.seed = hidden, latent_channels, epochs, lr, seed
+        self.autoencoder = FeatureAutoencoder(sum(self.stage_channels), hidden, latent_channels)
+        self.register_buffer("feature_mean", torch.empty(0))  # [1, D, 1, 1] after fit
+        self.register_buffer("feature_std", torch.empty(0))  # [1, D, 1, 1] after fit
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Standardised features [N, D, h, w] of images [N, 3, H, W] (the autoencoder's input)."""
+        self._require_fit()
+        return (self.features(images) - self.feature_mean) / self.feature_std  # [N, D, h, w]
+
+    def _fit(self, images: torch.Tensor) -> None:
+        from course_utils.device import seed_everything
+        from course_utils.models import FeatureAutoencoder
+
+        features = self.features(images)  # [N, D, h, w]
+        self.feature_mean, self.feature_std = anomaly.channel_stats(features)  # [1, D, 1, 1] each
+        standardised = ((features - self.feature_mean) / self.feature_std).cpu()  # [N, D, h, w]
+        seed_everything(self.seed)
+        self.autoencoder = FeatureAutoencoder(features.shape[1], self.hidden, self.latent_channels)
+        self.history = _train(self.autoencoder, standardised, nn.MSELoss(), self.epochs, self.lr,
+                              self.batch_size, self.device)
+
+    @torch.no_grad()
+    def error_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw feature-error maps [N, h, w] (one value per feature cell) of images [N, 3, H, W], on the CPU."""
+        features = self.embed(images)  # [N, D, h, w]
+        recons = anomaly.run_in_batches(self.autoencoder, features, 32, self.device, to_cpu=False)  # [N, D, h, w]
+        return anomaly.feature_error_map(features, recons).cpu()  # [N, h, w]
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self._to_image_maps(self.error_maps(images), images.shape[-2:]), None  # [N, H, W]
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 7: PatchCore and PaDiM
+# --------------------------------------------------------------------------------------------
+
+
+class PatchCore(_FeatureDetector):
+    """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+    `fit(images)` stores the patch features of good images [N, 3, H, W] (values in [0, 1]) in a
+    memory bank, thinned to `coreset_ratio` of its size by greedy coreset selection. Features:
+    `layers` (each averaged over `neighbourhood` x `neighbourhood`, stacked at the first layer's
+    grid), each stage divided by its mean feature length on the good images (`stage_scales`, the
+    course's own addition: without it the deeper stage dominates distances). `predict(images)`
+    returns (scores [N], maps [N, H, W]): a patch's anomaly is the distance to its nearest
+    neighbour in the bank; the image score is the worst patch's distance, re-weighted by how
+    crowded the bank is around that patch's neighbour (`num_neighbors`).
+    """
+
+    def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.3"),
+                 coreset_ratio: float = 0.01, num_neighbors: int = 9, projection_dim: int = 64,
+                 neighbourhood: int = 3, sigma: float = 4.0, batch_size: int = 32,
+                 device: torch.device | str | None = None, seed: int = 0, align: bool = True) -> None:
+        if not 0 < coreset_ratio <= 1:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}.")
+        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device)
+        self.coreset_ratio, self.num_neighbors = coreset_ratio, num_neighbors
+        self.projection_dim, self.seed = projection_dim, seed
+        self.register_buffer("memory_bank", torch.empty(0, 0))  # [M, D] after fit
+        self.register_buffer("stage_scales", torch.empty(0))  # [S] mean feature length per stage, after fit
+
+    def _scaled(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [N, D, h, w] with each stage divided by its scale from fit."""
+        sizes = torch.tensor(self.stage_channels, device=features.device)
+        scales = self.stage_scales.to(features.device).repeat_interleave(sizes)  # [D]
+        return features / scales.view(1, -1, 1, 1)  # [N, D, h, w]: every stage counts alike in distances
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features [N, D, h, w] of images [N, 3, H, W], each stage scaled by `stage_scales` (from fit)."""
+        self._require_fit()
+        return self._scaled(self.features(images))
+
+    def _fit(self, images: torch.Tensor) -> None:
+        features = self.features(images)  # [N, D, h, w]
+        parts = features.split(self.stage_channels, dim=1)
+        self.stage_scales = torch.stack([part.norm(dim=1).mean() for part in parts])  # [S]
+        patches = self._scaled(features).permute(0, 2, 3, 1).flatten(0, 2)  # [N*h*w, D]
+        n = max(1, round(self.coreset_ratio * len(patches)))
+        keep = anomaly.greedy_coreset(patches, n, self.projection_dim, self.seed) if n < len(patches) else slice(None)
+        self.memory_bank = patches[keep].contiguous()  # [M, D]
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.embed(images)  # [N, D, h, w]
+        n, d, h, w = features.shape
+        patches = features.permute(0, 2, 3, 1).reshape(n, h * w, d)  # [N, P, D]
+        distances, nearest = anomaly.nearest_neighbours(patches.flatten(0, 1), self.memory_bank)  # [N*P, 1] each
+        distances, nearest = distances.view(n, h * w), nearest.view(n, h * w)  # [N, P]
+        scores = anomaly.reweighted_scores(patches, distances, nearest, self.memory_bank, self.num_neighbors)  # [N]
+        return self._to_image_maps(distances.view(n, h, w), images.shape[-2:]), scores  # [N, H, W], [N]
+
+
+class PaDiM(_FeatureDetector):
+    """PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework", ICPR 2021).
+
+    `fit(images)` fits, at every patch position of good images [N, 3, H, W] (values in [0, 1]),
+    a Gaussian (mean, covariance) over a random subset of `n_features` feature channels of
+    `layers` (stacked at the first layer's grid). With few images the sample covariance is
+    singular (rank < N), so it is shrunk towards a scaled identity (`shrinkage="ledoit_wolf"`,
+    the weight chosen from the data; a number fixes it; 0 is the paper's plain covariance), plus
+    `regularization` x identity. `predict(images)` returns (scores [N], maps [N, H, W]): a
+    patch's anomaly is its Mahalanobis distance to its position's Gaussian; an image's score is
+    the maximum of its map.
+    """
+
+    def __init__(self, backbone: nn.Module | None = None,
+                 layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"), n_features: int = 100,
+                 regularization: float = 0.01, shrinkage: float | str = "ledoit_wolf", neighbourhood: int = 1,
+                 sigma: float = 4.0, batch_size: int = 32, device: torch.device | str | None = None,
+                 seed: int = 0, align: bool = True) -> None:
+        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device)
+        self.n_features, self.regularization, self.shrinkage, self.seed = n_features, regularization, shrinkage, seed
+        self.register_buffer("channels", torch.empty(0, dtype=torch.long))  # [C] kept channels, after fit
+        self.register_buffer("mean", torch.empty(0))  # [P, C] after fit
+        self.register_buffer("precision", torch.empty(0))  # [P, C, C] inverse covariances, after fit
+        self.register_buffer("shrinkage_weights", torch.empty(0))  # [P] the shrinkage used at each position
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Features [N, C, h, w] of images [N, 3, H, W]: all stages stacked, the channel subset chosen by fit."""
+        self._require_fit()
+        return self.features(images)[:, self.channels]  # [N, C, h, w]
+
+    def _fit(self, images: torch.Tensor) -> None:
+        features = self.features(images)  # [N, D, h, w]
+        generator = torch.Generator().manual_seed(self.seed)
+        self.channels = torch.randperm(features.shape[1], generator=generator)[: self.n_features].to(features.device)
+        gaussians = anomaly.gaussian_per_position(features[:, self.channels], self.regularization, self.shrinkage)
+        self.mean, self.precision, self.shrinkage_weights = gaussians  # [P, C], [P, C, C], [P]
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        features = self.embed(images)  # [N, C, h, w]
+        if features.shape[2] * features.shape[3] != len(self.mean):
+            raise ValueError("PaDiM compares patch positions: give test images the size of the training images.")
+        distances = anomaly.mahalanobis_maps(features, self.mean, self.precision)  # [N, h, w]
+        return self._to_image_maps(distances, images.shape[-2:]), None  # [N, H, W]
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 7: anomalib's implementations behind the same interface
+# --------------------------------------------------------------------------------------------
+
+_NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning_fabric", "pytorch_lightning", "anomalib",
+                  "torch.distributed")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence anomalib and Lightning inside the block; results and errors still come through.
+
+    Hides warnings (timm's and dinov2's FutureWarnings on import, Lightning's hyper-parameter
+    and data-loader warnings), Lightning's log lines ("GPU available", model summaries, adverts)
+    and anything written to stderr (progress bars). Use it around `anomalib.engine.Engine` calls
+    too: `with cu.detectors.quiet(): engine.fit(...)`.
+    """
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [log.level for log in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
+
+
+class AnomalibDetector(Detector):
+    """anomalib 2.x's PatchCore or PaDiM (`model="patchcore"` or `"padim"`) with the course's interface.
+
+    Builds anomalib's torch model (`PatchcoreModel` / `PadimModel`) on the same bundled
+    EfficientNet-Lite0 and the same `layers` as the course's detectors (PatchCore: blocks.2-3,
+    `coreset_ratio`; PaDiM: blocks.1-3, `n_features`) and drives it on the in-memory images: no
+    files, no downloads, no Lightning loop, so timings compare the algorithms. Images are
+    ImageNet-normalised as anomalib expects. Maps are anomalib's own (its upsampling and its
+    Gaussian blur, sigma 4). All of anomalib's warnings and log lines are silenced (`quiet`).
+    """
+
+    def __init__(self, model: str = "patchcore", backbone: nn.Module | None = None,
+                 layers: Sequence[str] | None = None, coreset_ratio: float = 0.01, n_features: int = 100,
+                 batch_size: int = 32, device: torch.device | str | None = None, seed: int = 0) -> None:
+        super().__init__(0.0, "max", 0.01, batch_size, device)
+        from course_utils.backbones import pretrained_backbone
+
+        if model not in ("patchcore", "padim"):
+            raise ValueError(f"model must be 'patchcore' or 'padim', not {model!r}.")
+        backbone = backbone if backbone is not None else pretrained_backbone("efficientnet_lite0")
+        default = ("blocks.2", "blocks.3") if model == "patchcore" else ("blocks.1", "blocks.2", "blocks.3")
+        self.kind, self.layers = model, list(layers or default)
+        self.coreset_ratio, self.n_features, self.seed = coreset_ratio, n_features, seed
+        with quiet(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # PaDiM draws its channel subset when it is built
+            if model == "patchcore":
+                from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+                self.model = PatchcoreModel(layers=self.layers, backbone=backbone)
+            else:
+                from anomalib.models.image.padim.torch_model import PadimModel
+
+                self.model = PadimModel(layers=self.layers, backbone=backbone, n_features=n_features)
+
+    def _fit(self, images: torch.Tensor) -> None:
+        from course_utils.backbones import imagenet_normalize
+
+        with quiet(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # anomalib's coreset starts at a random point
+            self.model.train()
+            if self.kind == "patchcore":
+                self.model.embedding_store = []
+            else:
+                self.model.memory_bank = []
+            for batch in images.split(self.batch_size):
+                self.model(imagenet_normalize(batch.to(self.device)))  # stores the batch's embeddings
+            if self.kind == "patchcore":
+                self.model.subsample_embedding(self.coreset_ratio)
+            else:
+                self.model.fit()
+            self.model.eval()
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from course_utils.backbones import imagenet_normalize
+
+        self.model.eval()
+        scores, maps = [], []
+        with quiet():
+            for batch in images.split(self.batch_size):
+                out = self.model(imagenet_normalize(batch.to(self.device)))  # InferenceBatch
+                scores.append(out.pred_score.reshape(-1).float().cpu())  # [b]
+                maps.append(out.anomaly_map.reshape(len(batch), *out.anomaly_map.shape[-2:]).float().cpu())  # [b, H, W]
+        return torch.cat(maps), torch.cat(scores)  # [N, H, W], [N]
