@@ -134,6 +134,11 @@ class FeatureLoss(nn.Module):
         self.blocks = net.blocks[: max(stages) + 1]  # no need to run deeper than we compare
         self.requires_grad_(False).eval()
         self.stages, self.weights, self.style_weight = tuple(stages), weights, style_weight
+        from course_utils.anomaly import stage_geometry
+
+        strides, offsets = stage_geometry(net, [f"blocks.{s}" for s in self.stages])  # [S], [S, 2]
+        self.register_buffer("strides", strides, persistent=False)  # where each stage's cells look,
+        self.register_buffer("offsets", offsets, persistent=False)  # for feature_map
 
     def train(self, mode: bool = True) -> "FeatureLoss":
         """Stay in eval mode: the network's BatchNorm must keep its ImageNet statistics."""
@@ -162,10 +167,18 @@ class FeatureLoss(nn.Module):
 
     @torch.no_grad()
     def feature_map(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel weighted feature distance [B, H, W] of `output` to `target` [B, 3, H, W]."""
+        """Per-pixel weighted feature distance [B, H, W] of `output` to `target` [B, 3, H, W].
+
+        Each stage's cells are placed at the pixels they look at (`cu.anomaly.place_cells`, with
+        the stage geometry measured once in `__init__`), not stretched with `F.interpolate`,
+        which would shift the map down-right by up to half a cell.
+        """
+        from course_utils.anomaly import place_cells
+
         size = target.shape[-2:]
         total = target.new_zeros(target.shape[0], *size)  # [B, H, W]
-        for w, fo, ft in zip(self.weights, self.features(output), self.features(target)):
+        pairs = zip(self.weights, self.features(output), self.features(target), self.strides, self.offsets)
+        for w, fo, ft, stride, offset in pairs:
             d = ((fo - ft) ** 2).mean(dim=1, keepdim=True)  # [B, 1, h, w]
-            total += w * F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
+            total += w * place_cells(d, size, stride.item(), offset.tolist())[:, 0]  # [B, H, W]: cells where they look
         return total
