@@ -133,7 +133,8 @@ class ReconstructionDetector(Detector):
 
     `model=None` builds lab 5's `ConvAutoencoder(widths, latent_channels, noise_std)` afresh at
     every `fit`. `loss` trains it: "mse", "ssim" (1 - SSIM + MSE, lab 6 (b)), "feature" (MSE +
-    `feature_weight` x the EfficientNet feature loss of `feature_stages`, lab 6 (c)), or a callable
+    `feature_weight` x the EfficientNet feature loss of `feature_stages`, lab 6 (c); the default
+    1e-4 makes the two terms about equal on the first batch, lab 6 section 4), or a callable
     (recon, x) -> scalar. `error` scores it: "mse", "ssim" (1 - SSIM), "l1", "feature" (the
     feature loss's per-pixel map) or a callable (images, recons) -> [N, H, W]. `image_size`
     (None = the images' size) resizes images before the autoencoder; `sigma` is then in pixels
@@ -146,7 +147,7 @@ class ReconstructionDetector(Detector):
                  error: str | Callable = "mse", epochs: int = 80, lr: float = 1e-3, batch_size: int = 16,
                  sigma: float = 4.0, reduction: str = "topk", top_k: float = 0.01,
                  widths: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 16, noise_std: float = 0.0,
-                 feature_weight: float = 0.05, feature_stages: Sequence[int] = (1, 2, 3),
+                 feature_weight: float = 1e-4, feature_stages: Sequence[int] = (1, 2, 3),
                  image_size: int | None = None, seed: int = 0, device: torch.device | str | None = None) -> None:
         super().__init__(sigma, reduction, top_k, batch_size, device)
         from course_utils.models import ConvAutoencoder
@@ -160,10 +161,10 @@ class ReconstructionDetector(Detector):
         self.model = ConvAutoencoder(**self._model_args) if model is None else model
         self.loss, self.error, self.epochs, self.lr = loss, error, epochs, lr
         self.feature_weight, self.image_size, self.seed = feature_weight, image_size, seed
-        if "feature" in (loss, error):
-            from course_utils.losses import FeatureLoss
+        from course_utils.losses import FeatureLoss
 
-            self.feature_loss = FeatureLoss(stages=tuple(feature_stages))
+        # always built (frozen), so that `error` may be switched to "feature" after fit (lab 6's 2 x 2 ablation)
+        self.feature_loss = FeatureLoss(stages=tuple(feature_stages))
 
     def _loss_fn(self) -> Callable:
         """The training loss named by `self.loss`."""

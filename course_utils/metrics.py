@@ -7,8 +7,9 @@ per pixel, `pro_score` whether every defect region, small or large, is found. A 
 factory also needs a threshold: `threshold_from_normal` (from good images only) or
 `f1_optimal_threshold` (from labelled data); `anomaly_confusion` counts its hits and misses.
 `evaluate` computes all of these for one detector on a test split, `results_table` prints
-detectors side by side, and `auroc_interval`/`auroc_difference_interval` say whether a
-difference is larger than the noise of a small test set.
+detectors side by side, and `auroc_interval`/`auroc_difference_interval` (image AUROC) and
+`pixel_auroc_difference_interval` say whether a difference is larger than the noise of a small
+test set.
 Every function takes tensors or NumPy arrays and returns plain floats / arrays.
 """
 
@@ -274,6 +275,51 @@ def auroc_difference_interval(labels: ArrayLike, scores_a: ArrayLike, scores_b: 
     """
     aurocs = _bootstrap_aurocs(labels, [scores_a, scores_b], n_boot, seed)  # [B, 2]
     return _percentile_interval(aurocs[:, 0] - aurocs[:, 1], level)
+
+
+def _weighted_auroc(groups: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_groups: int) -> float:
+    """AUROC of pixels sorted by score, each counted `weights` times; equal scores share a group (ties count half)."""
+    pos = np.bincount(groups, weights * labels, minlength=n_groups)  # [G] defect weight per score value
+    neg = np.bincount(groups, weights * ~labels, minlength=n_groups)  # [G] normal weight per score value
+    if not pos.sum() or not neg.sum():
+        return float("nan")  # this resample has no defect pixels (or no normal ones)
+    below = np.cumsum(neg) - neg  # normal weight strictly below each score value
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def pixel_auroc_difference_interval(masks: ArrayLike, maps_a: ArrayLike, maps_b: ArrayLike,
+                                    n_boot: int = 500, seed: int = 0, level: float = 0.95,
+                                    grid: int = 32) -> tuple[float, float]:
+    """A paired bootstrap interval for pixel AUROC(a) - pixel AUROC(b), maps [N, H, W] of the same images.
+
+    The pixels of one image are not independent examples, so the resampling unit is the image:
+    `n_boot` times, N images are drawn with replacement (each with all its pixels) and both
+    pixel AUROCs are computed on them. To keep this quick, each map is read on a `grid` x `grid`
+    lattice of pixels (every H // grid-th row and column). If the interval contains 0, the
+    difference in pixel AUROC is within the noise of this test set: call it a tie.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}.")
+    masks, a = _masks_and_maps(masks, maps_a)
+    _, b = _masks_and_maps(masks, maps_b)
+    step_y, step_x = max(1, masks.shape[1] // grid), max(1, masks.shape[2] // grid)
+    masks, a, b = (t[:, ::step_y, ::step_x] for t in (masks, a, b))  # [N, h, w] each
+    image = np.broadcast_to(np.arange(len(masks))[:, None, None], masks.shape).ravel()  # [P] image of each pixel
+    sorted_maps = []
+    for maps in (a, b):  # sort once; a resample only reweights the pixels
+        order = np.argsort(maps.ravel(), kind="stable")
+        _, groups = np.unique(maps.ravel()[order], return_inverse=True)  # [P] equal scores, one group
+        sorted_maps.append((groups, masks.ravel()[order], image[order], groups.max() + 1))
+    rng = np.random.default_rng(seed)
+    differences = []
+    while len(differences) < n_boot:
+        counts = np.bincount(rng.integers(0, len(masks), len(masks)), minlength=len(masks))  # [N] draws per image
+        aurocs = [_weighted_auroc(groups, labels, counts[img].astype(float), n)
+                  for groups, labels, img, n in sorted_maps]
+        if not all(np.isfinite(aurocs)):
+            continue  # the resample had no defect pixels (or no normal ones)
+        differences.append(aurocs[0] - aurocs[1])
+    return _percentile_interval(np.array(differences), level)
 
 
 # --------------------------------------------------------------------------------------------

@@ -590,6 +590,17 @@ def test_default_anomaly_root_other_sizes_get_their_own_folder(tmp_path, monkeyp
     assert (default / "dataset.json").exists()  # the default set was not rewritten
 
 
+def test_default_anomaly_root_n_test_gets_its_own_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(device, "FAST", True)
+    path = cd.default_anomaly_root(image_size=32, root=tmp_path, n_test=8)
+    assert path == tmp_path / "defects_brick_80_8"
+    assert len(list((path / "test" / "good").glob("*.png"))) == 2  # a quarter good
+    assert sum(1 for _ in (path / "test").rglob("*.png")) == 8
+    assert cd.default_anomaly_root(image_size=32, root=tmp_path, n_test=48) == tmp_path / "defects_brick"
+    with pytest.raises(ValueError, match="n_test"):
+        cd.default_anomaly_root(image_size=32, root=tmp_path, n_test=1)
+
+
 def test_batch_augmenter_yields_normalised_shifted_batches() -> None:
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     loader = cd.BatchAugmenter(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3,

@@ -96,6 +96,22 @@ def test_feature_loss_gradient_style_term_and_map(feature_loss):
     assert not any(p.requires_grad for p in feature_loss.parameters())
 
 
+def test_feature_map_peaks_on_a_small_difference(feature_loss):
+    """feature_map places each stage's cells where they look: a 6-px change peaks within 2 px of it,
+    wherever it is (the old F.interpolate stretching put the peak several pixels down-right)."""
+    x = _textured_images(1, 128, seed=5)
+    for cy, cx in [(40, 40), (80, 64), (61, 90)]:
+        damaged = x.clone()
+        damaged[..., cy - 3:cy + 3, cx - 3:cx + 3] = 1.0  # a bright 6 x 6 square centred at (cy - 0.5, cx - 0.5)
+        heat = feature_loss.feature_map(damaged, x)[0]  # [H, W]
+        weight = heat.clamp_min(0.5 * heat.max())  # the hot region
+        weight = weight - weight.min()
+        rows, cols = torch.arange(128.0), torch.arange(128.0)
+        y = (weight.sum(1) * rows).sum() / weight.sum()
+        x_ = (weight.sum(0) * cols).sum() / weight.sum()
+        assert abs(y - (cy - 0.5)) < 2 and abs(x_ - (cx - 0.5)) < 2, (cy, cx, y.item(), x_.item())
+
+
 def test_feature_loss_rejects_bad_stages():
     with pytest.raises(ValueError, match="stage"):
         losses.FeatureLoss(stages=(1, 9))

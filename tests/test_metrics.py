@@ -226,6 +226,22 @@ def test_auroc_difference_interval_calls_ties_ties():
     assert low > 0.2  # much better than random scores
 
 
+def test_pixel_auroc_difference_interval_resamples_images():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((30, 16, 16))
+    masks[10:, 4:8, 4:8] = 1  # 20 images with a defect square, 10 good
+    sharp = masks + 0.3 * rng.normal(size=masks.shape)
+    assert m.pixel_auroc_difference_interval(masks, sharp, sharp, n_boot=50) == (0.0, 0.0)
+    noise = rng.normal(size=masks.shape)
+    low, high = m.pixel_auroc_difference_interval(masks, sharp, noise, n_boot=50)
+    assert low > 0.3 and low <= m.pixel_auroc(masks, sharp) - m.pixel_auroc(masks, noise) <= high
+    same = sharp + 1e-3 * rng.normal(size=masks.shape)  # another run of the same detector
+    low, high = m.pixel_auroc_difference_interval(masks, sharp, same, n_boot=50)
+    assert low <= 0 <= high  # a tie
+    with pytest.raises(ValueError, match="same shape"):
+        m.pixel_auroc_difference_interval(masks, sharp, sharp[:, :8])
+
+
 def test_results_table_layout():
     rows = [{"name": "PatchCore", "image_auroc": 0.98765, "image_auroc_interval": (0.95, 1.0),
              "pixel_auroc": 0.9, "pro": float("nan"), "per_defect": {"crack": 0.5, "stain": 1.0},

@@ -243,6 +243,8 @@ def default_anomaly_root(image_size: int = 128, texture: str = "brick",
         print(f"Using MVTec AD category '{found[0].name}' from {found[0]}.")
         return found[0]
     default_train, default_test = (80, 48) if _device.FAST else (240, 96)
+    if n_test is not None and n_test < 2:
+        raise ValueError(f"n_test must be at least 2 (one good, one defective image), got {n_test}.")
     n_train, n_test = n_train or default_train, n_test or default_test
     name = f"defects_{texture}" if (n_train, n_test) == (default_train, default_test) else \
         f"defects_{texture}_{n_train}_{n_test}"
