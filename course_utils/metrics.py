@@ -6,14 +6,21 @@ image. `image_auroc` asks "are defective images ranked above good ones?", `pixel
 per pixel, `pro_score` whether every defect region, small or large, is found. A detector in a
 factory also needs a threshold: `threshold_from_normal` (from good images only) or
 `f1_optimal_threshold` (from labelled data); `anomaly_confusion` counts its hits and misses.
+`evaluate` computes all of these for one detector on a test split, `results_table` prints
+detectors side by side, and `auroc_interval`/`auroc_difference_interval` say whether a
+difference is larger than the noise of a small test set.
 Every function takes tensors or NumPy arrays and returns plain floats / arrays.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.stats import rankdata
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 ArrayLike = torch.Tensor | np.ndarray | list
@@ -208,3 +215,174 @@ def anomaly_confusion(labels: ArrayLike, scores: ArrayLike, threshold: float) ->
     labels, scores = _numpy(labels).ravel().astype(np.int64), _numpy(scores).ravel()
     _same_length(labels, scores, "labels and scores")
     return confusion_matrix((scores >= threshold).astype(np.int64), labels, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly detection: how sure is an AUROC? (bootstrap intervals)
+# --------------------------------------------------------------------------------------------
+
+def _bootstrap_aurocs(labels: ArrayLike, scores: Sequence[ArrayLike], n_boot: int, seed: int
+                      ) -> np.ndarray:
+    """Image AUROCs [n_boot, K] of K score vectors on the same stratified bootstrap resamples.
+
+    Anomalous and normal images are resampled separately (with replacement, counts kept), so
+    every resample has both classes. AUROC = Mann-Whitney U / (P * Q), ties counting half.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}.")
+    checked = [_labels_and_scores(labels, s) for s in scores]
+    labels = checked[0][0]
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    rng = np.random.default_rng(seed)
+    index = np.concatenate([rng.choice(pos, (n_boot, len(pos))),
+                            rng.choice(neg, (n_boot, len(neg)))], axis=1)  # [B, P + Q], positives first
+    aurocs = []
+    for _, s in checked:
+        ranks = rankdata(s[index], axis=1)  # [B, P + Q], ties get their mean rank
+        u = ranks[:, :len(pos)].sum(axis=1) - len(pos) * (len(pos) + 1) / 2  # [B]
+        aurocs.append(u / (len(pos) * len(neg)))
+    return np.stack(aurocs, axis=1)  # [B, K]
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` interval (e.g. 0.95) of bootstrap values [B]."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level}.")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def auroc_interval(labels: ArrayLike, scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float]:
+    """A bootstrap interval `(low, high)` for the image AUROC of scores [N] against labels [N].
+
+    The test images are resampled `n_boot` times (anomalous and normal separately, seeded);
+    the interval holds the central `level` of the resampled AUROCs. Two detectors whose
+    intervals overlap widely are a tie on this test set: compare them with
+    `auroc_difference_interval`, which resamples both on the same images.
+    """
+    return _percentile_interval(_bootstrap_aurocs(labels, [scores], n_boot, seed)[:, 0], level)
+
+
+def auroc_difference_interval(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
+                              n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                              ) -> tuple[float, float]:
+    """A paired bootstrap interval for AUROC(a) - AUROC(b) on the same test images [N].
+
+    Both detectors are scored on the same resamples, so the noise of the test set cancels. If
+    the interval contains 0, the difference is within the noise: call it a tie.
+    """
+    aurocs = _bootstrap_aurocs(labels, [scores_a, scores_b], n_boot, seed)  # [B, 2]
+    return _percentile_interval(aurocs[:, 0] - aurocs[:, 1], level)
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly detection: one evaluation and one results table for every detector
+# --------------------------------------------------------------------------------------------
+
+def _scores_and_maps(prediction) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scores [N], maps [N, H, W] or None) from a Prediction-like object or a (scores, maps) tuple."""
+    if hasattr(prediction, "scores") and hasattr(prediction, "maps"):
+        scores, maps = prediction.scores, prediction.maps
+    elif isinstance(prediction, (tuple, list)) and len(prediction) == 2:
+        scores, maps = prediction
+    else:
+        raise TypeError("prediction must have .scores [N] and .maps [N, H, W] (what a detector's "
+                        f"predict returns) or be a (scores, maps) tuple, got {type(prediction).__name__}.")
+    return _numpy(scores).astype(np.float64).ravel(), None if maps is None else _numpy(maps)
+
+
+def per_defect_auroc(labels: ArrayLike, scores: ArrayLike, defects: Sequence[str]) -> dict[str, float]:
+    """`{defect type: image AUROC}`: each type's images [N] against the good ones, types sorted by name.
+
+    `defects` names each image's type ("good" for good images), as `AnomalyData.test_defects`
+    does. A low value points at the kind of defect a detector misses.
+    """
+    labels, scores = _labels_and_scores(labels, scores)
+    defects = np.asarray(defects)
+    _same_length(labels, defects, "labels and defect types")
+    good = labels == 0
+    return {str(d): image_auroc(labels[good | (defects == d)], scores[good | (defects == d)])
+            for d in sorted(set(defects[labels == 1].tolist()))}
+
+
+def evaluate(data, prediction, interval: bool = True, fpr_limit: float = 0.3) -> dict:
+    """Every anomaly-detection metric of the course for one detector on a test split.
+
+    `data` is the `cu.data.AnomalyData` the detector was tested on (its `test_labels`,
+    `test_masks`, `test_defects`, `has_masks`); `prediction` has `.scores` [N] and `.maps`
+    [N, H, W] at the mask size (what `detector.predict(data.test_images)` returns) or is a
+    `(scores, maps)` tuple. Returns a dict: `image_auroc`; `pixel_auroc` and `pro` (the area
+    under the PRO curve up to `fpr_limit` = 30% FPR, normalised to [0, 1], as in MVTec AD),
+    NaN when the masks are unknown or the maps None; `per_defect`, `{defect: image AUROC of that
+    defect's images against the good ones}`; and, with `interval=True`, `image_auroc_interval`,
+    the 95% bootstrap interval (`auroc_interval`).
+    """
+    for name in ("test_labels", "test_masks", "test_defects"):
+        if not hasattr(data, name):
+            raise TypeError(f"data must be a cu.data.AnomalyData (with .{name}), "
+                            f"got {type(data).__name__}.")
+    labels = _numpy(data.test_labels).ravel()
+    scores, maps = _scores_and_maps(prediction)
+    if len(scores) != len(labels):
+        raise ValueError(f"The prediction has {len(scores)} scores but the test split has "
+                         f"{len(labels)} images: predict on data.test_images.")
+    result = {"image_auroc": image_auroc(labels, scores)}
+    pixel_ok = maps is not None and getattr(data, "has_masks", True) and bool(_numpy(data.test_masks).any())
+    result["pixel_auroc"] = pixel_auroc(data.test_masks, maps) if pixel_ok else float("nan")
+    result["pro"] = pro_score(data.test_masks, maps, fpr_limit) if pixel_ok else float("nan")
+    result["per_defect"] = per_defect_auroc(labels, scores, data.test_defects)
+    if interval:
+        result["image_auroc_interval"] = auroc_interval(labels, scores)
+    return result
+
+
+_TABLE_COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
+                  ("pro", "PRO@30%"), ("fit_s", "fit s"), ("predict_s", "predict s"))
+
+
+def _number(value, seconds: bool = False) -> str:
+    """A table cell: an AUROC with 3 decimals, seconds with 2 (0 from 10 s on), '-' when missing or NaN."""
+    if value is None or math.isnan(float(value)):
+        return "-"
+    if seconds:
+        return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def _cell(key: str, row: dict) -> str:
+    """The cell of column `key` in `row`; an AUROC gets its interval `[low, high]` if the row has one."""
+    text = _number(row.get(key), seconds=key.endswith("_s"))
+    if text != "-" and f"{key}_interval" in row:
+        low, high = row[f"{key}_interval"]
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text
+
+
+def results_table(rows: Sequence[dict], per_defect: bool = False) -> str:
+    """One printable table of detectors: a row per dict of `name` + `evaluate(...)` output.
+
+    Columns: name, image AUROC (with its 95% bootstrap interval when the row has
+    `image_auroc_interval`), pixel AUROC, PRO@30% (AUPRO to 30% FPR), then the optional
+    `fit_s`/`predict_s` (seconds) and `notes`. `per_defect=True` adds one image-AUROC column
+    per defect type. Missing or NaN values show as '-'. Labs 5-7 and the benchmark print it.
+    """
+    if not rows:
+        raise ValueError("results_table needs at least one row (a dict with a name and evaluate() output).")
+    if any("name" not in r for r in rows):
+        raise ValueError("Every row needs a 'name', e.g. {'name': 'PatchCore', **cu.metrics.evaluate(data, prediction)}.")
+    columns = [(k, h) for k, h in _TABLE_COLUMNS if any(k in r for r in rows)]
+    defects = sorted({d for r in rows for d in r.get("per_defect", {})}) if per_defect else []
+    header = ["detector", *(h for _, h in columns), *defects]
+    body = [[str(r["name"]), *(_cell(k, r) for k, _ in columns),
+             *(_number(r.get("per_defect", {}).get(d)) for d in defects)] for r in rows]
+    notes = any(r.get("notes") for r in rows)
+    if notes:
+        header.append("notes")
+        for line, r in zip(body, rows):
+            line.append(str(r.get("notes", "")))
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    left = {0, len(header) - 1} if notes else {0}  # names and notes left-aligned, numbers right
+    return "\n".join("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in [header, ["-" * w for w in widths], *body])

@@ -306,35 +306,55 @@ def show_reconstructions(inputs, recons, n: int = 8, errors: bool = True) -> Fig
     return fig
 
 
-def show_anomaly_maps(images, maps, masks=None, titles: Sequence[str] | None = None,
+def show_anomaly_maps(images, maps=None, masks=None, scores=None, titles: Sequence[str] | None = None,
                       ncols: int = 6, alpha: float = 0.5, vmin: float | None = None,
-                      vmax: float | None = None) -> Figure:
-    """Anomaly heat-maps [N, h, w] over images [N, ...], with the ground-truth outline in green.
+                      vmax: float | None = None, shared_scale: bool = True,
+                      label: str = "anomaly score") -> Figure:
+    """Images [N, ...] with anomaly heat-maps [N, h, w] on top and the ground truth outlined in green.
 
-    Maps may be smaller than the images (they are stretched to fit). All maps share one colour
-    scale (`vmin`..`vmax`, default: the range of all maps), so a calm map on a good image looks
-    calm. `masks` [N, H, W] are outlined with their 0.5 contour. N axes plus one colour bar.
+    Every argument but `images` is optional: without `maps` the images are shown with only their
+    `masks` [N, H, W] (0.5 contour) outlined, e.g. to show what the defects look like. Maps may
+    be smaller than the images (they are stretched to fit). By default all maps share one colour
+    scale (`vmin`..`vmax`, default: the range of all maps) with one colour bar labelled `label`,
+    so a calm map on a good image looks calm; `shared_scale=False` scales each map to its own
+    range, with its own colour bar. `scores` [N] are written under the titles (3 decimals).
+    The figure has N axes plus the colour bar(s).
     """
-    x, m = _as_images(images), _as_maps(maps)
-    if len(x) != len(m):
-        raise ValueError(f"Got {len(x)} images but {len(m)} anomaly maps.")
+    if scores is not None and titles is None and all(isinstance(t, str) for t in scores):
+        scores, titles = None, scores  # the old call show_anomaly_maps(images, maps, masks, titles)
+    x = _as_images(images)
+    m = _as_maps(maps) if maps is not None else None
     gt = _as_maps(masks) if masks is not None else None
-    vmin = float(m.min()) if vmin is None else vmin
-    vmax = float(m.max()) if vmax is None else vmax
+    score_list = None if scores is None else [float(s) for s in _numpy(scores).ravel()]
+    for name, given in (("anomaly maps", m), ("masks", gt), ("scores", score_list), ("titles", titles)):
+        if given is not None and len(given) != len(x):
+            raise ValueError(f"Got {len(x)} images but {len(given)} {name}: pass one per image.")
     fig, axes = _grid(len(x), ncols, cell=(2.2, 2.3))
     height, width = x.shape[1:3]
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # stretch a small map over the image
+    if m is not None and shared_scale:
+        vmin = float(m.min()) if vmin is None else vmin
+        vmax = float(m.max()) if vmax is None else vmax
     for i, ax in enumerate(axes):
         _imshow(ax, x[i])
-        heat = ax.imshow(m[i], cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax, extent=extent,
-                         interpolation="bilinear")
+        if m is not None:
+            low, high = (vmin, vmax) if shared_scale else (float(m[i].min()), float(m[i].max()))
+            heat = ax.imshow(m[i], cmap="jet", alpha=alpha, vmin=low, vmax=high, extent=extent,
+                             interpolation="bilinear")
+            if not shared_scale:
+                fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
         if gt is not None and gt[i].max() > 0.5:
             cols = np.linspace(0, width - 1, gt.shape[2])  # mask pixel -> image pixel
             rows = np.linspace(0, height - 1, gt.shape[1])
             ax.contour(cols, rows, gt[i], levels=[0.5], colors="lime", linewidths=1.2)
-        if titles is not None:
-            ax.set_title(str(titles[i]), fontsize="small")
-    fig.colorbar(heat, ax=axes, fraction=0.02, label="anomaly score")
+        lines = ([str(titles[i])] if titles is not None else []) + \
+                ([f"score {score_list[i]:.3f}"] if score_list is not None else [])
+        if lines:
+            ax.set_title("\n".join(lines), fontsize="small")
+    if m is not None and shared_scale:
+        fig.colorbar(heat, ax=axes, fraction=0.02, label=label)
+    elif m is not None:
+        fig.suptitle(f"{label} (each map on its own scale)", fontsize="small")
     return fig
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 import course_utils.data as cd
 from course_utils import device
-
+from course_utils.data import cifar, paths
+from course_utils.data import defects as defect_painting
 
 # ---------------------------------------------------------------------------------------------
 # Helpers that write tiny data sets
@@ -69,30 +70,30 @@ def defects(tmp_path_factory) -> Path:
 
 def test_data_dir_env_and_repo(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_DATA", str(tmp_path / "elsewhere"))
-    assert cd._default_data_dir() == tmp_path / "elsewhere"
+    assert paths._default_data_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("COURSE_DATA")
-    repo = Path(cd.__file__).resolve().parent.parent
-    assert cd._default_data_dir() == repo / "data"  # this checkout has pyproject.toml
+    repo = Path(__file__).resolve().parents[1]
+    assert paths._default_data_dir() == repo / "data"  # this checkout has pyproject.toml
 
 
 def test_build_dir_is_in_the_checkout_whatever_the_current_folder(monkeypatch, tmp_path):
-    repo = Path(cd.__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)  # e.g. a notebook running in build/student/
     assert cd.build_dir() == repo / "build"
     assert not (tmp_path / "build").exists()
-    monkeypatch.setattr(cd, "_checkout_root", lambda: tmp_path / "course")
+    monkeypatch.setattr(paths, "_checkout_root", lambda: tmp_path / "course")
     folder = cd.build_dir("lab9", "runs")
     assert folder == tmp_path / "course" / "build" / "lab9" / "runs" and folder.is_dir()
     assert cd.build_dir("lab9", "runs") == folder  # again: no error, same folder
 
 
 def test_build_dir_without_a_checkout_is_under_the_current_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(cd, "_checkout_root", lambda: None)  # installed from PyPI/git, as on Colab
+    monkeypatch.setattr(paths, "_checkout_root", lambda: None)  # installed from PyPI/git, as on Colab
     monkeypatch.chdir(tmp_path)  # Colab runs notebooks in /content
     folder = cd.build_dir("lab4")
     assert folder.resolve() == (tmp_path / "build" / "lab4").resolve() and folder.is_dir()
     monkeypatch.delenv("COURSE_DATA", raising=False)
-    assert cd._default_data_dir().resolve() == (tmp_path / "data").resolve()
+    assert paths._default_data_dir().resolve() == (tmp_path / "data").resolve()
 
 
 def test_read_image_modes_and_sizes(tmp_path):
@@ -227,7 +228,7 @@ def no_network(root, timeout):
 
 
 def test_cifar_offline_fast_mode_uses_loud_stand_in(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cd, "_torchvision_download", no_network)
+    monkeypatch.setattr(cifar, "_torchvision_download", no_network)
     monkeypatch.setattr(device, "FAST", True)
     data = cd.load_cifar10(root=tmp_path, n_train=500, n_valid=100)
     assert data.stand_in and data.classes == [str(d) for d in range(10)]
@@ -240,7 +241,7 @@ def test_cifar_offline_fast_mode_uses_loud_stand_in(monkeypatch, tmp_path, capsy
 
 
 def test_cifar_offline_full_mode_raises_with_instructions(monkeypatch, tmp_path):
-    monkeypatch.setattr(cd, "_torchvision_download", no_network)
+    monkeypatch.setattr(cifar, "_torchvision_download", no_network)
     monkeypatch.setattr(device, "FAST", False)
     with pytest.raises(RuntimeError, match=r"cifar-10-python\.tar\.gz.*source="):
         cd.load_cifar10(root=tmp_path)
@@ -506,12 +507,12 @@ def test_defect_dataset_refuses_bad_input(tmp_path):
 
 @pytest.mark.parametrize("kind", cd.DEFECT_KINDS)
 def test_add_defect_changes_exactly_the_mask(kind):
-    photos = {t: cd._texture_photo(t) for t in cd.TEXTURES}
+    photos = {t: defect_painting._texture_photo(t) for t in cd.TEXTURES}
     areas = []
     for severity in (0.0, 1.0):
         for seed in range(3):
             rng = np.random.default_rng(seed)
-            clean = cd._texture_crop(photos["brick"], "brick", 64, rng)
+            clean = defect_painting._texture_crop(photos["brick"], "brick", 64, rng)
             image, mask = cd.add_defect(clean, kind, severity, rng, photos, "brick")
             assert image.shape == (64, 64, 3) and image.dtype == np.float32 and mask.dtype == bool
             assert mask.any() and np.array_equal(image[~mask], clean[~mask])  # nothing else touched

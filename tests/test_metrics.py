@@ -121,3 +121,129 @@ def test_thresholds_and_anomaly_confusion():
         m.threshold_from_normal(normal, 1.5)
     with pytest.raises(ValueError, match="only class"):
         m.f1_optimal_threshold([0, 0], [0.1, 0.2])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate, per-defect AUROC, bootstrap intervals, results_table
+# ---------------------------------------------------------------------------------------------
+
+def tiny_test_split(has_masks: bool = True):
+    """Six 8x8 test images: 3 good, 2 'crack', 1 'stain'; each defect is a 2x2 square."""
+    from course_utils.data import AnomalyData
+
+    masks = torch.zeros(6, 8, 8)
+    masks[3:, 2:4, 2:4] = 1
+    return AnomalyData(train_images=torch.rand(2, 3, 8, 8), test_images=torch.rand(6, 3, 8, 8),
+                       test_labels=torch.tensor([0, 0, 0, 1, 1, 1]), test_masks=masks,
+                       test_defects=["good", "good", "good", "crack", "crack", "stain"], name="tiny",
+                       has_masks=has_masks)
+
+
+def test_evaluate_on_a_hand_made_split():
+    data = tiny_test_split()
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.9, 0.15, 0.8])
+    maps = data.test_masks * 2.0  # finds every defect pixel exactly...
+    maps[0, 0, 0] = 1.0  # ...plus one false alarm on a good image
+    result = m.evaluate(data, (scores, maps))
+    # 3 defective x 3 good pairs: 0.9 and 0.8 beat all 3, 0.15 beats only 0.1 -> 7/9
+    assert result["image_auroc"] == pytest.approx(7 / 9)
+    assert result["image_auroc"] == pytest.approx(rank_auc([0, 0, 0, 1, 1, 1], scores.tolist()))
+    # crack: (0.9 beats 3) + (0.15 beats 1) = 4 of 6 pairs; stain: 0.8 beats all 3 good
+    assert result["per_defect"] == pytest.approx({"crack": 4 / 6, "stain": 1.0})
+    assert list(result["per_defect"]) == ["crack", "stain"]
+    assert result["pixel_auroc"] == pytest.approx(1.0)  # every defect pixel above every normal one
+    assert result["pro"] == pytest.approx(1.0)
+    low, high = result["image_auroc_interval"]
+    assert low <= result["image_auroc"] <= high
+
+
+def test_evaluate_accepts_predictions_and_says_what_is_wrong():
+    from typing import NamedTuple
+
+    class Prediction(NamedTuple):
+        scores: torch.Tensor
+        maps: torch.Tensor
+
+    data = tiny_test_split()
+    scores, maps = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.15, 0.8]), torch.rand(6, 8, 8)
+    as_tuple = m.evaluate(data, (scores, maps), interval=False)
+    as_named = m.evaluate(data, Prediction(scores, maps), interval=False)
+    assert as_tuple == as_named and "image_auroc_interval" not in as_tuple
+    assert as_tuple["pixel_auroc"] == pytest.approx(m.pixel_auroc(data.test_masks, maps))
+    assert as_tuple["pro"] == pytest.approx(m.pro_score(data.test_masks, maps, 0.3))
+    no_maps = m.evaluate(data, (scores, None), interval=False)
+    unknown_masks = m.evaluate(tiny_test_split(has_masks=False), (scores, maps), interval=False)
+    for result in (no_maps, unknown_masks):
+        assert np.isnan(result["pixel_auroc"]) and np.isnan(result["pro"])
+        assert result["image_auroc"] == as_tuple["image_auroc"]
+    with pytest.raises(ValueError, match="6 images"):
+        m.evaluate(data, (scores[:4], maps[:4]))
+    with pytest.raises(TypeError, match="scores"):
+        m.evaluate(data, scores)
+    with pytest.raises(TypeError, match="AnomalyData"):
+        m.evaluate({"labels": [0, 1]}, (scores, maps))
+
+
+def test_per_defect_auroc_by_hand():
+    labels = [0, 0, 1, 1, 1]
+    scores = [0.2, 0.4, 0.3, 0.1, 0.9]
+    defects = ["good", "good", "hole", "hole", "cut"]
+    # hole: 0.3 beats 0.2 only, 0.1 beats none -> 1/4; cut: 0.9 beats both -> 1
+    assert m.per_defect_auroc(labels, scores, defects) == pytest.approx({"cut": 1.0, "hole": 0.25})
+    with pytest.raises(ValueError, match="same length"):
+        m.per_defect_auroc(labels, scores, defects[:4])
+
+
+def test_auroc_interval_known_cases_and_width():
+    labels = np.array([0] * 10 + [1] * 10)
+    assert m.auroc_interval(labels, labels.astype(float)) == (1.0, 1.0)  # every resample perfect
+    assert m.auroc_interval(labels, -labels.astype(float)) == (0.0, 0.0)
+    assert m.auroc_interval(labels, np.ones(20)) == (0.5, 0.5)  # all tied: ties count half
+    rng = np.random.default_rng(0)
+
+    def noisy(n):
+        y = np.repeat([0, 1], n)
+        return y, y + rng.normal(size=2 * n)
+
+    small, large = noisy(20), noisy(500)
+    low_s, high_s = m.auroc_interval(*small)
+    low_l, high_l = m.auroc_interval(*large)
+    assert low_s <= m.image_auroc(*small) <= high_s and low_l <= m.image_auroc(*large) <= high_l
+    assert high_l - low_l < (high_s - low_s) / 2  # 25x the images: about 1/5 of the width
+    assert m.auroc_interval(*small, seed=1) != (low_s, high_s)  # the seed matters...
+    assert m.auroc_interval(*small, seed=0) == (low_s, high_s)  # ...and fixes the answer
+
+
+def test_auroc_difference_interval_calls_ties_ties():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    good = y + 0.5 * rng.normal(size=200)
+    same = good + 1e-3 * rng.normal(size=200)  # a different run of the same detector
+    assert m.auroc_difference_interval(y, good, good) == (0.0, 0.0)
+    low, high = m.auroc_difference_interval(y, good, same)
+    assert low <= 0 <= high  # a tie
+    low, high = m.auroc_difference_interval(y, good, rng.normal(size=200))
+    assert low > 0.2  # much better than random scores
+
+
+def test_results_table_layout():
+    rows = [{"name": "PatchCore", "image_auroc": 0.98765, "image_auroc_interval": (0.95, 1.0),
+             "pixel_auroc": 0.9, "pro": float("nan"), "per_defect": {"crack": 0.5, "stain": 1.0},
+             "fit_s": 12.34, "predict_s": 0.456, "notes": "lab 7"},
+            {"name": "AE", "image_auroc": 0.5, "pixel_auroc": 0.75, "pro": 0.25,
+             "per_defect": {"crack": 0.25}}]
+    lines = m.results_table(rows).splitlines()
+    assert len(lines) == 4 and set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[0].split() == ["detector", "image", "AUROC", "pixel", "AUROC", "PRO@30%", "fit", "s",
+                                "predict", "s", "notes"]
+    assert lines[2].split() == ["PatchCore", "0.988", "[0.95,", "1.00]", "0.900", "-", "12", "0.46", "lab", "7"]
+    assert lines[3].split() == ["AE", "0.500", "0.750", "0.250", "-", "-"]
+    assert len({len(line) for line in lines[:3]}) == 1  # columns line up
+    with_defects = m.results_table(rows, per_defect=True).splitlines()
+    assert with_defects[0].split()[-3:] == ["crack", "stain", "notes"]
+    assert with_defects[3].split()[-2:] == ["0.250", "-"]
+    assert "fit" not in m.results_table([{"name": "x", "image_auroc": 0.5}])  # absent columns are left out
+    with pytest.raises(ValueError, match="name"):
+        m.results_table([{"image_auroc": 0.5}])
+    with pytest.raises(ValueError, match="at least one row"):
+        m.results_table([])

@@ -112,6 +112,42 @@ def test_show_anomaly_maps_draws_heat_maps_and_outlines():
     assert panels[0].images[1].get_clim() == (float(maps.min()), float(maps.max()))  # shared scale
 
 
+def test_show_anomaly_maps_without_maps_outlines_the_masks_only():
+    images, masks = torch.rand(3, 3, 32, 32), torch.zeros(3, 32, 32)
+    masks[2, 5:15, 5:15] = 1
+    fig = p.show_anomaly_maps(images, masks=masks, titles=["good", "good", "stain"])
+    assert len(fig.axes) == 3  # no colour bar: no colour carries a value
+    assert [len(ax.images) for ax in fig.axes] == [1, 1, 1]  # the images only, no heat-map
+    assert [len(ax.collections) for ax in fig.axes] == [0, 0, 1]
+    assert [ax.get_title() for ax in fig.axes] == ["good", "good", "stain"]
+    assert len(p.show_anomaly_maps(images).axes) == 3  # images alone work too
+
+
+def test_show_anomaly_maps_scores_shared_scale_and_colour_bar_label():
+    images, maps = torch.rand(2, 3, 16, 16), torch.stack([torch.zeros(16, 16), torch.full((16, 16), 4.0)])
+    maps[0, 0, 0] = 1.0
+    fig = p.show_anomaly_maps(images, maps, scores=torch.tensor([0.12345, 3.5]), titles=["good", "hole"],
+                              label="squared error")
+    panels, bar = fig.axes[:2], fig.axes[2]
+    assert len(fig.axes) == 3 and bar.get_ylabel() == "squared error"
+    assert [ax.get_title() for ax in panels] == ["good\nscore 0.123", "hole\nscore 3.500"]
+    assert all(ax.images[1].get_clim() == (0.0, 4.0) for ax in panels)  # one scale for both
+    assert p.show_anomaly_maps(images, maps, vmax=2.0).axes[0].images[1].get_clim() == (0.0, 2.0)
+    own = p.show_anomaly_maps(images, maps, shared_scale=False)
+    assert own.axes[0].images[1].get_clim() == (0.0, 1.0) and len(own.axes) == 2 + 2  # a bar each
+    assert p.show_anomaly_maps(images, maps, scores=[0.5, 0.7]).axes[1].get_title() == "score 0.700"
+    with pytest.raises(ValueError, match="2 images but 3 scores"):
+        p.show_anomaly_maps(images, maps, scores=[1, 2, 3])
+    with pytest.raises(ValueError, match="masks"):
+        p.show_anomaly_maps(images, masks=torch.zeros(3, 16, 16))
+
+
+def test_show_anomaly_maps_keeps_the_old_positional_titles():
+    images, maps = torch.rand(2, 3, 16, 16), torch.rand(2, 16, 16)
+    fig = p.show_anomaly_maps(images, maps, None, ["a", "b"])  # titles were the 4th argument
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a", "b"]
+
+
 def test_plot_roc_puts_auroc_in_the_legend():
     labels = np.array([0, 0, 1, 1])
     fig = p.plot_roc({"perfect": (labels, [0.1, 0.2, 0.8, 0.9]), "half": (labels, [0.1, 0.4, 0.35, 0.8])})

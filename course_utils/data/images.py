@@ -1,0 +1,105 @@
+"""Reading one image or mask file (any mode, any size), and turning uint8 images into normalised floats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+    """Read an image file as float RGB [3, H, W] in [0, 1] (or [3, S, S] with `image_size=S`).
+
+    PNG, JPG, BMP and TIFF all work. Grayscale becomes 3 equal channels, RGBA is composited on
+    black (transparent = black), palette images are expanded, 16-bit images are scaled by
+    1/65535. With `image_size`, the image is resized (bilinear, antialiased) to a square
+    S x S, whatever its aspect ratio. A missing or corrupt file raises an error naming the file.
+    """
+    image = torch.from_numpy(_open_rgb(Path(path))).permute(2, 0, 1)  # [3, H, W]
+    if image_size is not None:
+        image = _resize(image, image_size)  # [3, S, S]
+    return image
+
+
+def _open_rgb(path: Path) -> np.ndarray:
+    """Open `path` with Pillow and return float32 [H, W, 3] in [0, 1]; clear errors on failure."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file {path} does not exist; check the path.")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so that a truncated file fails here
+            return _to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(
+            f"Cannot read image file {path}: it is corrupt or not an image ({err}). "
+            "Delete or replace this file, then run again.") from None
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 [H, W, 3] in [0, 1]."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit, 32-bit or float gray
+        gray = np.asarray(img, dtype=np.float32)  # [H, W]
+        if img.mode != "F":
+            gray = gray / (65535.0 if img.mode.startswith("I;16") or gray.max() > 255 else 255.0)
+        return np.repeat(np.clip(gray, 0, 1)[:, :, None], 3, axis=2)  # [H, W, 3]
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0  # [H, W, 4]
+        return rgba[:, :, :3] * rgba[:, :, 3:]  # composite on black
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize float [C, H, W] to [C, size, size] (bilinear, antialiased), kept in [0, 1]."""
+    if image.shape[-2:] == (size, size):
+        return image
+    resized = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)  # [1, C, S, S]
+    return resized[0].clamp(0.0, 1.0)
+
+
+def read_mask(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+    """Read a ground-truth mask as float [H, W] in {0, 1} (resized with nearest neighbour).
+
+    Pixels brighter than half the mask's maximum count as defect, so 0/255 and 0/1 masks both
+    work; an all-black mask stays empty.
+    """
+    rgb = _open_rgb(Path(path))  # [H, W, 3]
+    mask = torch.from_numpy(rgb.max(axis=2))  # [H, W]
+    if image_size is not None and mask.shape != (image_size, image_size):
+        mask = F.interpolate(mask[None, None], size=(image_size, image_size), mode="nearest")[0, 0]
+    return (mask > 0.5 * mask.max().clamp(min=1e-6)).float()  # [S, S] in {0, 1}
+
+
+def normalize_uint8(images: torch.Tensor, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None) -> torch.Tensor:
+    """uint8 images [..., C, H, W] -> float32: divided by 255, then `(x - mean) / std` per channel.
+
+    Without `mean`/`std` the result is in [0, 1]; with them (e.g. `CIFAR10_MEAN`, `CIFAR10_STD`)
+    each channel is standardised, as the networks of labs 2-4 expect. Works on one image
+    [C, H, W] or a batch [N, C, H, W].
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_uint8 wants uint8 images (0..255), got {images.dtype}; "
+                        "images that are already float in [0, 1] need only `(x - mean) / std`.")
+    if (mean is None) != (std is None):
+        raise ValueError("Pass both mean and std (one value per channel), or neither.")
+    x = images.float() / 255  # [..., C, H, W] in [0, 1]
+    if mean is None:
+        return x
+    if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
+        raise ValueError(f"mean and std need one value per channel ({x.shape[-3]}), "
+                         f"got {len(mean)} and {len(std)}.")
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)  # [C, 1, 1]
+    std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)  # [C, 1, 1]
+    return (x - mean_t) / std_t  # [..., C, H, W]
