@@ -574,3 +574,13 @@ def test_digits_stand_in_has_three_disjoint_stratified_splits():
     seen = [{tuple(x.flatten()[::7].tolist()) for x in part} for part in (data.train_x, data.valid_x, data.test_x)]
     assert not (seen[0] & seen[2]) and not (seen[1] & seen[2])  # no test image elsewhere (almost no duplicates in digits)
     assert torch.bincount(data.test_y).min() >= 34  # stratified: about 36 per digit
+
+
+def test_make_loaders_seed_gives_the_same_batches_whatever_runs_between():
+    data = cd.digits_stand_in(seed=0)
+    first = [y for _, y in cd.make_loaders(data, batch_size=64, seed=3)[0]]
+    torch.rand(5)  # anything that draws from the global random state
+    second = [y for _, y in cd.make_loaders(data, batch_size=64, seed=3)[0]]
+    other = [y for _, y in cd.make_loaders(data, batch_size=64, seed=4)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], other[0])

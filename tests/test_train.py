@@ -174,3 +174,23 @@ def test_fit_stops_when_its_time_budget_is_used_up():
     assert full.steps == [8, 8]  # 256 samples in batches of 32, no budget: every step
     with pytest.raises(ValueError, match="budget_s"):
         fit(mlp(), *loaders(), epochs=1, device=CPU, budget_s=0, progress=False)
+
+
+def test_fit_is_the_plain_loop_when_the_batches_are_the_same():
+    def seeded_loader() -> DataLoader:  # the shuffle order from its own generator, not the global one
+        return DataLoader(TensorDataset(*blobs(128, 0)), batch_size=16, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+
+    plain, fitted, loss_fn = mlp(), mlp(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    loader = seeded_loader()
+    for _ in range(3):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(plain(x), y).backward()
+            optimizer.step()
+    _, valid = loaders()  # validation between epochs draws random numbers: it must not change the batches
+    fit(fitted, seeded_loader(), valid, epochs=3, device=CPU, progress=False,
+        optimizer=torch.optim.Adam(fitted.parameters(), lr=1e-2))
+    for a, b in zip(plain.parameters(), fitted.parameters()):
+        assert torch.equal(a, b)

@@ -334,17 +334,21 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True) -> to
 
 def make_loaders(data: ImageData, batch_size: int = 128, augment: bool = False,
                  num_workers: int = 0, mean: tuple[float, ...] = CIFAR10_MEAN,
-                 std: tuple[float, ...] = CIFAR10_STD) -> tuple[DataLoader, DataLoader]:
+                 std: tuple[float, ...] = CIFAR10_STD, seed: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Train and validation DataLoaders yielding (x float [B, 3, 32, 32], y int64 [B]).
 
     Images are scaled to [0, 1] and normalised with `mean`/`std` (CIFAR-10's by default). The
-    train loader shuffles (seed it with `cu.seed_everything`) and, with `augment=True`, applies
-    `random_crop_flip`; the validation loader keeps the order and never augments. The digits
-    stand-in is never mirrored: a mirrored digit is no longer the same digit.
+    train loader shuffles and, with `augment=True`, applies `random_crop_flip`; the validation
+    loader keeps the order and never augments. The digits stand-in is never mirrored: a mirrored
+    digit is no longer the same digit. The shuffle follows PyTorch's global random state (seed it
+    with `cu.seed_everything`), which anything else that draws random numbers moves on, even
+    iterating another DataLoader; with `seed` the train loader draws the order from its own
+    generator, so two loaders made with the same seed give the same batches, whatever runs between.
     """
     train = ImageTensorDataset(data.train_x, data.train_y, mean, std, augment, flip=not data.stand_in)
     valid = ImageTensorDataset(data.valid_x, data.valid_y, mean, std, augment=False)
-    return (DataLoader(train, batch_size, shuffle=True, num_workers=num_workers),
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return (DataLoader(train, batch_size, shuffle=True, num_workers=num_workers, generator=generator),
             DataLoader(valid, batch_size, shuffle=False, num_workers=num_workers))
 
 
