@@ -272,6 +272,19 @@ def _shard(loader: Iterable, train: bool) -> Iterable:
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last)
 
 
+def _distribute(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None,
+                device: torch.device) -> tuple[nn.Module, Iterable, Iterable | None]:
+    """Under torchrun: (the model wrapped in DDP, the sharded loaders); otherwise all three unchanged.
+
+    DDP keeps one replica per process and all-reduces (averages) the gradients in `backward()`.
+    """
+    if not _device.is_distributed():
+        return model, train_loader, valid_loader
+    replica = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return (replica, _shard(train_loader, train=True),
+            None if valid_loader is None else _shard(valid_loader, train=False))
+
+
 def _check_fit_arguments(epochs: int, valid_loader: Iterable | None, checkpoint: str | Path | None,
                          patience: int | None, monitor: str, metrics: dict[str, Metric] | None,
                          budget_s: float | None) -> None:
@@ -318,10 +331,7 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    trained = model
-    if _device.is_distributed():  # a replica per process; gradients all-reduced in backward()
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_loader, valid_loader = _shard(train_loader, True), valid_loader and _shard(valid_loader, False)
+    trained, train_loader, valid_loader = _distribute(model, train_loader, valid_loader, device)
     history, best, waited = History(metrics={name: [] for name in metrics or {}}), None, 0
 
     from tqdm.auto import tqdm  # imported here: only fit shows a progress bar
