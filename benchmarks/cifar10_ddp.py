@@ -50,7 +50,8 @@ def train_net(data, args, device: torch.device, per_process: int) -> tuple[torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="CIFAR-10 source for cu.data.load_cifar10 (npz, batches folder, ImageFolder)")
+    parser.add_argument("--data", required=True,
+                        help="CIFAR-10 source for cu.data.load_cifar10 (npz, batches folder, ImageFolder)")
     parser.add_argument("--model", default="recipe", choices=["recipe", "net"])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128, help="global batch size (split over the processes)")

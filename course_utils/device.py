@@ -168,8 +168,9 @@ def init_distributed(device: torch.device | str = "cpu", timeout_s: float = DDP_
     hanging. Without torchrun, or when the group exists already, nothing changes and `device`
     comes back (as the GPU of this process under torchrun).
     """
-    import torch.distributed as dist
     from datetime import timedelta
+
+    import torch.distributed as dist
 
     device = torch.device(device)
     if device.type == "cuda" and (launched_by_torchrun() or is_distributed()):

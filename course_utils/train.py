@@ -184,7 +184,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *,
         result.update({name: float(metric(out, tgt)) for name, metric in metrics.items()})
     if _device.is_distributed():  # weighted mean over the processes' shards
         sums = _device.all_reduce(count, *(value * count for value in result.values()), device=device)
-        result = {name: value / max(sums[0], 1) for name, value in zip(result, sums[1:])}
+        result = {name: value / max(sums[0], 1) for name, value in zip(result, sums[1:], strict=True)}
     return result
 
 

@@ -192,5 +192,5 @@ def test_fit_is_the_plain_loop_when_the_batches_are_the_same():
     _, valid = loaders()  # validation between epochs draws random numbers: it must not change the batches
     fit(fitted, seeded_loader(), valid, epochs=3, device=CPU, progress=False,
         optimizer=torch.optim.Adam(fitted.parameters(), lr=1e-2))
-    for a, b in zip(plain.parameters(), fitted.parameters()):
+    for a, b in zip(plain.parameters(), fitted.parameters(), strict=True):
         assert torch.equal(a, b)
