@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import ddp_worker  # noqa: E402
 
+from course_utils import device as cu_device  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
@@ -85,3 +87,13 @@ def test_a_stuck_process_fails_the_run_after_the_timeout(tmp_path):
     assert done.returncode != 0
     assert "timed out" in (rank_log(tmp_path, 0, "stderr") + done.stderr).lower()
     assert seconds < 60  # rank 1 sleeps 120 s: the 3 s timeout ended the run, not rank 1
+
+
+def test_without_torchrun_nothing_changes(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not cu_device.launched_by_torchrun() and not cu_device.is_distributed()
+    assert (cu_device.rank(), cu_device.world_size(), cu_device.is_main_process()) == (0, 1, True)
+    assert cu_device.init_distributed("cpu") == torch.device("cpu")
+    assert not torch.distributed.is_initialized()  # no process group was started
+    assert cu_device.all_reduce(1.5, 2, op="max") == [1.5, 2.0]  # one process: the values themselves
+    cu_device.finish_distributed()  # harmless without a group
