@@ -318,12 +318,11 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     judged by `monitor` (`"loss"`: lowest validation loss; a metric name: highest value);
     `checkpoint` saves the best weights to that path and loads them back at the end; `patience`
     stops training after that many epochs without improvement; `budget_s` stops training once
-    that many seconds have passed (in the middle of an epoch: that epoch is then validated and
-    is the last). The model is moved to `device` (a `torch.device` or a string such as "cuda").
+    that many seconds of training have passed (in the middle of an epoch: that epoch is then
+    validated and is the last; the seconds count from the first epoch, not the set-up before it). The model is moved to `device` (a `torch.device` or a string such as "cuda").
     Under torchrun the training is data-parallel (see the module's docstring). Returns the `History`.
     """
     _check_fit_arguments(epochs, valid_loader, checkpoint, patience, monitor, metrics, budget_s)
-    deadline = None if budget_s is None else time.perf_counter() + budget_s
     device = _device.init_distributed(device)  # under torchrun: join the group, this process's GPU
     main = _device.is_main_process()
     model.to(device)
@@ -336,6 +335,7 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
 
     from tqdm.auto import tqdm  # imported here: only fit shows a progress bar
     bar = tqdm(range(epochs), desc="epochs", disable=not (progress and main))
+    deadline = None if budget_s is None else time.perf_counter() + budget_s  # the set-up above is not counted
     for epoch in bar:
         start = time.perf_counter()
         if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
