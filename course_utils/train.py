@@ -12,7 +12,9 @@ early stopping and a progress bar. Autoencoders train with the same loop: their 
 Under `torchrun --nproc_per_node=N` the same call trains data-parallel with PyTorch's own engine:
 `fit` joins the process group, wraps the model in `DistributedDataParallel`, gives each process its
 shard of every epoch (`DistributedSampler`), averages losses and metrics over the processes and
-prints and writes checkpoints on rank 0 only. Without torchrun nothing of this happens.
+prints and writes checkpoints on rank 0 only. Without torchrun nothing of this happens. Each process
+then takes about `len(train_loader) / world_size` steps per epoch: size one-cycle schedules with
+that (`cu.device.world_size()`).
 
 Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
 learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
