@@ -6,7 +6,7 @@ The data (any source `cu.data.load_cifar10` accepts) is split 8,000 train / 2,00
 fixed seed. In one run it measures:
 - `loop`:   the slides' Net, the tutorial's bare PyTorch loop vs `cu.train.fit` (same batches,
             Adam(lr=1e-3), one epoch each, alternated `--rounds` times): images/s and their ratio;
-- `net`:    the slides' Net trained for `--net-budget` seconds: validation accuracy;
+- `net`:    the slides' Net trained by `cu.train.fit` with a `--net-budget` seconds budget: validation accuracy;
 - `recipe`: the course's best small network (`SpeedRunNet` + `train_speedrun`) for `--budget`
             seconds: validation accuracy (flip TTA, EMA weights) and seconds;
 - `fastai`: the same network with fastai's `Learner.fit_one_cycle` (same epochs as `recipe` ran).
@@ -89,27 +89,17 @@ def run_loop(data: ImageData, args) -> dict:
 
 
 def run_net(data: ImageData, args) -> dict:
-    """The slides' Net (Adam 1e-3, cross-entropy) trained with the bare loop for --net-budget seconds."""
+    """The slides' Net (Adam 1e-3, cross-entropy) trained with `cu.train.fit` for --net-budget seconds."""
     cu.seed_everything(0)
     net = models.Net()
     train_loader, _ = make_loaders(data, batch_size=args.net_batch)
-    optimizer, criterion = torch.optim.Adam(net.parameters(), lr=0.001), nn.CrossEntropyLoss()
-    start, epochs, steps = time.perf_counter(), 0.0, 0
-    while time.perf_counter() - start < args.net_budget:
-        net.train()
-        for inputs, labels in train_loader:
-            if time.perf_counter() - start >= args.net_budget:
-                break
-            optimizer.zero_grad()
-            loss = criterion(net(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-        epochs = steps / len(train_loader)
+    start = time.perf_counter()
+    history = cu.train.fit(net, train_loader, epochs=10_000, device="cpu", budget_s=args.net_budget,
+                           optimizer=torch.optim.Adam(net.parameters(), lr=0.001), progress=False)
     seconds = time.perf_counter() - start
     acc = accuracy(net, normalised(data.valid_x), data.valid_y)
-    return emit(run="net", model="Net", epochs=round(epochs, 2), train_s=round(seconds, 1),
-                valid_accuracy=round(acc, 4))
+    return emit(run="net", model="Net", epochs=round(sum(history.steps) / len(train_loader), 2),
+                train_s=round(seconds, 1), valid_accuracy=round(acc, 4))
 
 
 def run_recipe(data: ImageData, args) -> dict:

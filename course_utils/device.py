@@ -216,3 +216,93 @@ def setup(seed: int = 0, device: str | None = None) -> torch.device:
     seed_everything(seed)
     print(device_report(chosen))
     return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes: data-parallel training under torchrun (PyTorch's own torch.distributed)
+# --------------------------------------------------------------------------------------------
+
+DDP_TIMEOUT_S: float = 600.0
+"""Seconds a collective (all-reduce, barrier) waits for the other processes before it fails the run."""
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one of several started by `torchrun` (WORLD_SIZE > 1 in its environment)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_distributed() -> bool:
+    """True when a torch.distributed process group with more than one process is running."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's number among all processes (0 when there is only one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """How many processes train together (1 without torchrun)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the process that prints and writes files (always True without torchrun)."""
+    return rank() == 0
+
+
+def init_distributed(device: torch.device | str = "cpu", timeout_s: float = DDP_TIMEOUT_S) -> torch.device:
+    """Join the process group that `torchrun` set up, if there is one; return this process's device.
+
+    Under `torchrun --nproc_per_node=N` (or multi-node with `--nnodes`/`--rdzv-endpoint`) each
+    process reads RANK, WORLD_SIZE and the rendezvous address from its environment: GPUs use the
+    NCCL backend and one GPU per process (`cuda:LOCAL_RANK`), CPUs use gloo. A collective that
+    waits longer than `timeout_s` seconds (a crashed or stuck process) raises an error instead of
+    hanging. Without torchrun, or when the group exists already, nothing changes and `device`
+    comes back (as the GPU of this process under torchrun).
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    if device.type == "cuda" and (launched_by_torchrun() or is_distributed()):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if launched_by_torchrun() and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def all_reduce(*values: float | torch.Tensor, device: torch.device | str = "cpu", op: str = "sum") -> list[float]:
+    """The sums (`op="sum"`) or maxima (`op="max"`) over all processes of each of `values`.
+
+    With one process the values come back as they are. Every process must call it at the same
+    point of its program: it waits for all of them (at most the group's timeout).
+    """
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return [float(v) for v in values]
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+    if op not in ops:
+        raise ValueError(f"op must be one of {sorted(ops)}, got {op!r}.")
+    result = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)  # [len(values)]
+    dist.all_reduce(result, op=ops[op])  # every process now holds the same numbers
+    return result.tolist()
+
+
+def finish_distributed() -> None:
+    """Leave the process group (call once at the end of a torchrun script; harmless without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

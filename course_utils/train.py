@@ -9,6 +9,13 @@ early stopping and a progress bar. Autoencoders train with the same loop: their 
     history = cu.train.fit(model, train_loader, valid_loader, epochs=10, device=device,
                            metrics={"accuracy": cu.metrics.accuracy})
 
+Under `torchrun --nproc_per_node=N` the same call trains data-parallel with PyTorch's own engine:
+`fit` joins the process group, wraps the model in `DistributedDataParallel`, gives each process its
+shard of every epoch (`DistributedSampler`), averages losses and metrics over the processes and
+prints and writes checkpoints on rank 0 only. Without torchrun nothing of this happens. Each process
+then takes about `len(train_loader) / world_size` steps per epoch: size one-cycle schedules with
+that (`cu.device.world_size()`).
+
 Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
 learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
 is updated every few steps; `flip_tta` evaluates with test-time flips.
@@ -26,7 +33,11 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
 
+from course_utils import device as _device
 from course_utils.data import BatchAugmenter
 from course_utils.device import autocast
 
@@ -43,7 +54,8 @@ class History:
 
     `train_loss` and `valid_loss` are mean losses per sample, `metrics` maps each metric name to
     its values on the validation set, `epoch_seconds` is the wall time of each epoch (training
-    plus validation) and `best_epoch` the 0-based epoch with the best monitored value (None
+    plus validation), `steps` the optimiser steps of each epoch (fewer than the batches when a
+    time budget ends it) and `best_epoch` the 0-based epoch with the best monitored value (None
     without validation data).
     """
 
@@ -51,6 +63,7 @@ class History:
     valid_loss: list[float] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     epoch_seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
     best_epoch: int | None = None
 
     def __len__(self) -> int:
@@ -80,27 +93,53 @@ def _amp(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.Abst
     return autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype)
 
 
+def _time_is_up(deadline: float | None, device: torch.device) -> bool:
+    """True once `time.perf_counter()` passed `deadline`; under torchrun, once it did on any process.
+
+    All processes must stop at the same step (a process that stops early would leave the others
+    waiting in their next all-reduce), so they agree with one tiny all-reduce per step.
+    """
+    if deadline is None:
+        return False
+    late = float(time.perf_counter() >= deadline)
+    return _device.all_reduce(late, device=device, op="max")[0] > 0
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     loss_fn: Callable, device: torch.device, *,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
+                    scaler: torch.amp.GradScaler | None = None,
+                    deadline: float | None = None) -> float:
     """Train `model` for one pass over `loader` and return the mean loss per sample.
 
     Each batch is `(inputs [B, ...], targets [B, ...])`. The scheduler (if any) is stepped after
     every batch, as one-cycle schedules expect (`OneCycleLR(..., total_steps=epochs *
     len(loader))`). `scaler` is a `GradScaler`, needed for fp16 on a GPU only. The loss is summed
-    as a tensor, so the loop never waits for the GPU until the epoch ends.
+    as a tensor, so the loop never waits for the GPU until the epoch ends. With a `deadline` (a
+    `time.perf_counter()` value) the pass ends early once the clock passes it. Under torchrun the
+    mean is over the samples of all processes.
     """
+    return _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=scheduler,
+                        amp_dtype=amp_dtype, scaler=scaler, deadline=deadline)[0]
+
+
+def _train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable, device: torch.device, *,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, amp_dtype: torch.dtype | None,
+                 scaler: torch.amp.GradScaler | None, deadline: float | None) -> tuple[float, int]:
+    """`train_one_epoch`'s loop; returns (mean loss per sample over all processes, optimiser steps)."""
     model.train()
-    total, count = torch.zeros((), device=device), 0
+    total, count, steps = torch.zeros((), device=device), 0, 0
     for inputs, targets in loader:
+        if _time_is_up(deadline, device):
+            break
         inputs, targets = _to(inputs, device), _to(targets, device)
         with _amp(device, amp_dtype):
             loss = loss_fn(model(inputs), targets)  # [] mean over the batch
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
-            loss.backward()
+            loss.backward()  # under DDP: the gradients are averaged over the processes here
             optimizer.step()
         else:  # fp16: scale the loss so small gradients do not underflow to zero
             scaler.scale(loss).backward()
@@ -110,7 +149,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             scheduler.step()
         total += loss.detach() * len(inputs)
         count += len(inputs)
-    return total.item() / max(count, 1)
+        steps += 1
+    total, count = _device.all_reduce(total.item(), count, device=device)
+    return total / max(count, 1), steps
 
 
 @torch.no_grad()
@@ -121,7 +162,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *,
 
     Returns `{"loss": mean loss per sample, **{name: metric(outputs, targets)}}`; the metrics
     see all outputs [N, ...] and targets [N, ...] of the loader at once, as float32 CPU tensors.
-    `loss_fn` defaults to cross-entropy.
+    `loss_fn` defaults to cross-entropy. Under torchrun each process evaluates its shard and the
+    results are averaged, weighted by the shard sizes: exact for means over samples (loss,
+    accuracy), an approximation for metrics such as AUROC.
     """
     model.eval()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -141,6 +184,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, *,
     if metrics:
         out, tgt = torch.cat(outputs), torch.cat(targets_seen)  # [N, ...], [N, ...]
         result.update({name: float(metric(out, tgt)) for name, metric in metrics.items()})
+    if _device.is_distributed():  # weighted mean over the processes' shards
+        sums = _device.all_reduce(count, *(value * count for value in result.values()), device=device)
+        result = {name: value / max(sums[0], 1) for name, value in zip(result, sums[1:], strict=True)}
     return result
 
 
@@ -207,13 +253,64 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
     return value < best if monitor == "loss" else value > best
 
 
+def _shard(loader: Iterable, train: bool) -> Iterable:
+    """Under torchrun: the same DataLoader, each process reading its own part of the data.
+
+    Training uses a `DistributedSampler` (shuffled if `loader` shuffles; `fit` calls `set_epoch`
+    so each epoch is shuffled anew); validation gives process r the items r, r + W, r + 2W, ...
+    (no item twice). Each process keeps the loader's batch size, so one optimiser step sees
+    `batch_size * world_size` samples. Without torchrun `loader` comes back unchanged.
+    """
+    if not _device.is_distributed():
+        return loader
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+        raise TypeError(f"Under torchrun, fit shards a torch DataLoader with a batch_size over the processes; "
+                        f"got {type(loader).__name__}. Build the loader with DataLoader(dataset, batch_size, ...).")
+    if train:
+        sampler = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler))
+    else:
+        sampler = range(_device.rank(), len(loader.dataset), _device.world_size())
+    return DataLoader(loader.dataset, loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last)
+
+
+def _distribute(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None,
+                device: torch.device) -> tuple[nn.Module, Iterable, Iterable | None]:
+    """Under torchrun: (the model wrapped in DDP, the sharded loaders); otherwise all three unchanged.
+
+    DDP keeps one replica per process and all-reduces (averages) the gradients in `backward()`.
+    """
+    if not _device.is_distributed():
+        return model, train_loader, valid_loader
+    replica = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return (replica, _shard(train_loader, train=True),
+            None if valid_loader is None else _shard(valid_loader, train=False))
+
+
+def _check_fit_arguments(epochs: int, valid_loader: Iterable | None, checkpoint: str | Path | None,
+                         patience: int | None, monitor: str, metrics: dict[str, Metric] | None,
+                         budget_s: float | None) -> None:
+    """Raise a clear ValueError for arguments of `fit` that cannot work together."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+    if budget_s is not None and budget_s <= 0:
+        raise ValueError(f"budget_s is a number of seconds > 0 (or None for no limit), got {budget_s}.")
+    if (checkpoint is not None or patience is not None) and valid_loader is None:
+        raise ValueError("checkpoint= and patience= judge the model on validation data: "
+                         "pass valid_loader as well.")
+    if monitor != "loss" and monitor not in (metrics or {}):
+        raise ValueError(f"monitor={monitor!r} is not 'loss' nor one of the metrics "
+                         f"{sorted(metrics or {})}.")
+
+
 def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None = None, *,
         epochs: int, device: torch.device | str, optimizer: torch.optim.Optimizer | None = None,
         loss_fn: Callable | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         amp_dtype: torch.dtype | None = None,
         metrics: dict[str, Metric] | None = None, checkpoint: str | Path | None = None,
-        patience: int | None = None, monitor: str = "loss", progress: bool = True) -> History:
+        patience: int | None = None, monitor: str = "loss", budget_s: float | None = None,
+        progress: bool = True) -> History:
     """Train `model` for `epochs` epochs on `train_loader`, validating on `valid_loader`.
 
     Defaults: `optimizer` Adam(lr=1e-3), `loss_fn` cross-entropy, fp32 (`amp_dtype=torch.bfloat16`
@@ -222,32 +319,33 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     targets) -> float`, computed on the validation set. With validation data, the best epoch is
     judged by `monitor` (`"loss"`: lowest validation loss; a metric name: highest value);
     `checkpoint` saves the best weights to that path and loads them back at the end; `patience`
-    stops training after that many epochs without improvement. The model is moved to `device`
-    (a `torch.device` or a string such as "cuda"). Returns the `History`.
+    stops training after that many epochs without improvement; `budget_s` stops training once
+    that many seconds of training have passed (in the middle of an epoch: that epoch is then
+    validated and is the last; the seconds count from the first epoch, not the set-up before it). The model is moved to `device` (a `torch.device` or a string such as "cuda").
+    Under torchrun the training is data-parallel (see the module's docstring). Returns the `History`.
     """
-    device = torch.device(device)
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}.")
-    if (checkpoint is not None or patience is not None) and valid_loader is None:
-        raise ValueError("checkpoint= and patience= judge the model on validation data: "
-                         "pass valid_loader as well.")
-    if monitor != "loss" and monitor not in (metrics or {}):
-        raise ValueError(f"monitor={monitor!r} is not 'loss' nor one of the metrics "
-                         f"{sorted(metrics or {})}.")
+    _check_fit_arguments(epochs, valid_loader, checkpoint, patience, monitor, metrics, budget_s)
+    device = _device.init_distributed(device)  # under torchrun: join the group, this process's GPU
+    main = _device.is_main_process()
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    trained, train_loader, valid_loader = _distribute(model, train_loader, valid_loader, device)
     history, best, waited = History(metrics={name: [] for name in metrics or {}}), None, 0
 
     from tqdm.auto import tqdm  # imported here: only fit shows a progress bar
-    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    bar = tqdm(range(epochs), desc="epochs", disable=not (progress and main))
+    deadline = None if budget_s is None else time.perf_counter() + budget_s  # the set-up above is not counted
     for epoch in bar:
         start = time.perf_counter()
-        history.train_loss.append(train_one_epoch(model, train_loader, optimizer, loss_fn, device,
-                                                  scheduler=scheduler, amp_dtype=amp_dtype,
-                                                  scaler=scaler))
+        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle, the same on every process
+        loss, steps = _train_epoch(trained, train_loader, optimizer, loss_fn, device, scheduler=scheduler,
+                                   amp_dtype=amp_dtype, scaler=scaler, deadline=deadline)
+        history.train_loss.append(loss)
+        history.steps.append(steps)
         if valid_loader is not None:
             result = evaluate(model, valid_loader, device, loss_fn=loss_fn, metrics=metrics,
                               amp_dtype=amp_dtype)
@@ -257,23 +355,34 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
         history.epoch_seconds.append(time.perf_counter() - start)
         bar.set_postfix({k: f"{v:.4g}" for k, v in history.last().items()})
 
-        if valid_loader is None:
-            continue
-        value = history.valid_loss[-1] if monitor == "loss" else history.metrics[monitor][-1]
-        if _improved(value, best, monitor):
-            best, waited, history.best_epoch = value, 0, epoch
-            if checkpoint is not None:
-                save_checkpoint(model, checkpoint, epoch=epoch, monitor=monitor, value=value)
-        else:
-            waited += 1
-            if patience is not None and waited >= patience:
-                if progress:
-                    bar.write(f"early stop: no improvement of {monitor} for {patience} epochs")
-                break
+        out_of_time = _time_is_up(deadline, device)
+        if valid_loader is not None:
+            value = history.valid_loss[-1] if monitor == "loss" else history.metrics[monitor][-1]
+            if _improved(value, best, monitor):
+                best, waited, history.best_epoch = value, 0, epoch
+                if checkpoint is not None and main:  # one writer; every process holds the same weights
+                    save_checkpoint(model, checkpoint, epoch=epoch, monitor=monitor, value=value)
+            else:
+                waited += 1
+                if patience is not None and waited >= patience:
+                    if progress and main:
+                        bar.write(f"early stop: no improvement of {monitor} for {patience} epochs")
+                    break
+        if out_of_time:
+            if progress and main:
+                bar.write(f"time budget of {budget_s:g} s used up after {epoch + 1} epochs")
+            break
     bar.close()
     if checkpoint is not None and history.best_epoch is not None:
+        _barrier()  # the other processes wait until rank 0 has written the file
         load_checkpoint(model, checkpoint)  # back to the best epoch's weights
     return history
+
+
+def _barrier() -> None:
+    """Wait for every process (no-op without torchrun)."""
+    if _device.is_distributed():
+        torch.distributed.barrier()
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,20 +447,33 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
     schedule then follows the clock, so training always ends inside the budget). `flip=False`
     turns off the mirror augmentation (for data where left and right matter). Returns the
     `EMA` of the weights; evaluate it with `flip_tta`, on inputs in `channels_last` if it was used.
+    Under torchrun each process trains on every W-th image (its shard, reshuffled each epoch) with
+    `batch_size` images per step, so one step sees `batch_size * W` images; all processes return
+    the same weights.
     """
     start = time.perf_counter()  # the budget counts the set-up too
-    loader = BatchAugmenter(images, labels, batch_size, mean, std, flip=flip, channels_last=channels_last)
-    model.init_whitening(loader.images[:5000])
+    device = _device.init_distributed(device)  # under torchrun: join the group, this process's GPU
+    rank, world = _device.rank(), _device.world_size()
+    n = len(labels) // world  # every process gets n images: the same number of steps everywhere
+    loader = BatchAugmenter(images[rank::world][:n], labels[rank::world][:n], batch_size, mean, std,
+                            flip=flip, channels_last=channels_last)
+    first = BatchAugmenter(images[:5000], labels[:5000], batch_size, mean, std)  # the same on every process
+    model.init_whitening(first.images)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on CPU and GPU
+    trained = model
+    if world > 1:  # one replica per process, gradients averaged in backward()
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     ema, step, total = EMA(model, ema_decay), 0, epochs * len(loader)
-    model.train()
+    trained.train()
     for x, y in (batch for _ in range(epochs) for batch in loader):
         clock = (time.perf_counter() - start) / budget_s if budget_s else 0.0
+        if budget_s and world > 1:
+            clock = _device.all_reduce(clock, device=device, op="max")[0]  # one clock for all processes
         progress = max(step / total, clock)
         if progress >= 1:
             break
@@ -359,7 +481,7 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
             group["lr"] = lr * _triangle(progress)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _amp(device, amp_dtype):
-            loss = loss_fn(model(x), y)  # [] mean over the batch
+            loss = loss_fn(trained(x), y)  # [] mean over the batch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -221,7 +221,12 @@ def assert_paired(data: cd.ImageData) -> None:
 def test_cifar_batches_folder(tmp_path):
     write_cifar_batches(tmp_path / "cifar-10-batches-py")
     data = cd.load_cifar10(tmp_path / "cifar-10-batches-py")
-    assert len(data.train_y) == 20 and len(data.valid_y) == 10
+    # validation is split off the 20 training images (10%); test_batch is the test set, kept apart
+    assert (len(data.train_y), len(data.valid_y), len(data.test_y)) == (18, 2, 10)
+    assert_paired(cd.ImageData(data.test_x, data.test_y, data.test_x, data.test_y, data.classes, "test"))
+    assert len(cd.make_test_loader(data, batch_size=4).dataset) == 10
+    five = cd.load_cifar10(tmp_path / "cifar-10-batches-py", n_valid=5, n_test=4)
+    assert (len(five.train_y), len(five.valid_y), len(five.test_y)) == (15, 5, 4)
     assert data.classes == cd.CIFAR10_CLASSES and not data.stand_in
     assert_paired(data)
     cached = cd.load_cifar10(root=tmp_path, download=False)  # source=None finds the cached copy
@@ -234,8 +239,8 @@ def test_cifar_image_folder_tree_and_class_folders(tmp_path):
             for i in range(n):
                 save(tmp_path / "tree" / split / f"class{c}" / f"{i}.png",
                      np.broadcast_to(class_colour(c), (32, 32, 3)).copy())
-    data = cd.load_cifar10(tmp_path / "tree")
-    assert (len(data.train_y), len(data.valid_y)) == (9, 6)
+    data = cd.load_cifar10(tmp_path / "tree", n_valid=3)
+    assert (len(data.train_y), len(data.valid_y), len(data.test_y)) == (6, 3, 6)  # valid from train/
     assert data.classes == ["class0", "class1", "class2"]
     assert_paired(data)
     flat = cd.load_cifar10(tmp_path / "tree" / "train", n_valid=3, seed=1)  # class folders only
@@ -257,8 +262,10 @@ def test_cifar_npz_split_is_seeded_and_stratified(tmp_path):
     assert torch.bincount(a.valid_y).tolist() == [5] * 10  # stratified
     assert torch.bincount(a.train_y).tolist() == [10] * 10
     assert_paired(a)
-    full = cd.load_cifar10(tmp_path / "c.npz")  # default: 20% validation
-    assert (len(full.train_y), len(full.valid_y)) == (160, 40)
+    full = cd.load_cifar10(tmp_path / "c.npz")  # default: 20% validation, no test set
+    assert (len(full.train_y), len(full.valid_y)) == (160, 40) and full.test_x is None
+    with pytest.raises(ValueError, match="no test set"):
+        cd.make_test_loader(full)
 
 
 def test_cifar_bad_sources_say_what_to_do(tmp_path):
@@ -628,3 +635,22 @@ def test_batch_augmenter_shifts_and_flips_each_image_on_its_own() -> None:
         assert found, "every output must be a flipped and/or shifted copy of its own image"
         seen.add(found[0])
     assert len(seen) > 10  # shifts and flips differ from image to image within one batch
+
+
+def test_digits_stand_in_has_three_disjoint_stratified_splits():
+    data = cd.digits_stand_in(seed=0)
+    sizes = (len(data.train_y), len(data.valid_y), len(data.test_y))
+    assert sum(sizes) == 1797 and sizes[1] == sizes[2] == 1797 // 5
+    seen = [{tuple(x.flatten()[::7].tolist()) for x in part} for part in (data.train_x, data.valid_x, data.test_x)]
+    assert not (seen[0] & seen[2]) and not (seen[1] & seen[2])  # no test image elsewhere (almost no duplicates in digits)
+    assert torch.bincount(data.test_y).min() >= 34  # stratified: about 36 per digit
+
+
+def test_make_loaders_seed_gives_the_same_batches_whatever_runs_between():
+    data = cd.digits_stand_in(seed=0)
+    first = [y for _, y in cd.make_loaders(data, batch_size=64, seed=3)[0]]
+    torch.rand(5)  # anything that draws from the global random state
+    second = [y for _, y in cd.make_loaders(data, batch_size=64, seed=3)[0]]
+    other = [y for _, y in cd.make_loaders(data, batch_size=64, seed=4)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], other[0])

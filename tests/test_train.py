@@ -159,3 +159,38 @@ def test_train_speedrun_learns_and_keeps_its_time_budget():
     train_speedrun(SpeedRunNet((8, 16, 16)), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3,
                    epochs=10_000, budget_s=1.0, device=torch.device("cpu"), batch_size=32)
     assert time.perf_counter() - start < 3.0  # the clock ends training, not the epoch count
+
+
+def test_fit_stops_when_its_time_budget_is_used_up():
+    x, y = blobs(4096)
+    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)  # 1,024 steps per epoch
+    _, valid = loaders()
+    start = time.perf_counter()
+    history = fit(mlp(), train, valid, epochs=50, device=CPU, budget_s=0.5, progress=False)
+    assert time.perf_counter() - start < 5.0  # 50 full epochs would take far longer
+    assert len(history) == 1 and 0 < history.steps[0] < len(train)  # stopped inside the first epoch
+    assert len(history.valid_loss) == 1  # the cut epoch is still validated
+    full = fit(mlp(), *loaders(), epochs=2, device=CPU, progress=False)
+    assert full.steps == [8, 8]  # 256 samples in batches of 32, no budget: every step
+    with pytest.raises(ValueError, match="budget_s"):
+        fit(mlp(), *loaders(), epochs=1, device=CPU, budget_s=0, progress=False)
+
+
+def test_fit_is_the_plain_loop_when_the_batches_are_the_same():
+    def seeded_loader() -> DataLoader:  # the shuffle order from its own generator, not the global one
+        return DataLoader(TensorDataset(*blobs(128, 0)), batch_size=16, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+
+    plain, fitted, loss_fn = mlp(), mlp(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    loader = seeded_loader()
+    for _ in range(3):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(plain(x), y).backward()
+            optimizer.step()
+    _, valid = loaders()  # validation between epochs draws random numbers: it must not change the batches
+    fit(fitted, seeded_loader(), valid, epochs=3, device=CPU, progress=False,
+        optimizer=torch.optim.Adam(fitted.parameters(), lr=1e-2))
+    for a, b in zip(plain.parameters(), fitted.parameters(), strict=True):
+        assert torch.equal(a, b)

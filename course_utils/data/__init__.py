@@ -34,6 +34,7 @@ from course_utils.data.cifar import (
     digits_stand_in,
     load_cifar10,
     make_loaders,
+    make_test_loader,
     random_crop_flip,
 )
 from course_utils.data.defects import (
@@ -74,6 +75,6 @@ __all__ = [
     "AnomalyData", "BatchAugmenter", "ImageData", "ImageTensorDataset", "MVTecDataset", "Sample",
     "add_defect", "build_dir", "check_mvtec_layout", "default_anomaly_root", "digits_stand_in",
     "download_file", "download_mvtec", "list_samples", "load_anomaly_data", "load_cifar10",
-    "load_image_folder", "make_defect_dataset", "make_loaders", "normalize_uint8",
+    "load_image_folder", "make_defect_dataset", "make_loaders", "make_test_loader", "normalize_uint8",
     "random_crop_flip", "read_image", "read_mask", "resize_mask", "sha256_of",
 ]
