@@ -10,7 +10,7 @@ FAST   ?= 0
 SITE_FAST  ?= 1
 GRADE_FAST ?= 1
 
-.PHONY: install lab test unit notebooks run clean
+.PHONY: install lab test unit lint notebooks run clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,15 @@ install: $(STAMP)  ## create .venv if missing and install the course into it
 lab: install  ## start JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/
 
-test: install student site  ## unit tests, then every notebook and its student edition end to end in fast mode, the site in a browser (what CI runs)
+test: install lint student site  ## unit tests, then every notebook and its student edition end to end in fast mode, the site in a browser (what CI runs)
 	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests notebooks build/student \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15
 
-unit: install  ## the unit tests alone (no notebooks, no browser): a quick check while you edit course_utils
+unit: install lint  ## the unit tests alone (no notebooks, no browser): a quick check while you edit course_utils
 	COURSE_FAST=1 MPLBACKEND=agg $(BIN)/python -m pytest -q tests --ignore=tests/browser
+
+lint: install  ## ruff (pycodestyle errors, pyflakes, bugbear, import order; settings in pyproject.toml)
+	$(BIN)/ruff check .
 
 run: install  ## execute every notebook headless into build/ (FAST=1 for the quick version)
 	@mkdir -p build/executed build/html

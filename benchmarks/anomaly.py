@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-import course_utils as cu  # noqa: E402
-from course_utils import detectors  # noqa: E402
+import course_utils as cu
+from course_utils import detectors
 
 Factory = Callable[[argparse.Namespace], detectors.Detector]
 

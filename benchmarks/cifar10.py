@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import course_utils as cu  # noqa: E402
-from course_utils import models  # noqa: E402
-from course_utils.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_cifar10, make_loaders  # noqa: E402
+import course_utils as cu
+from course_utils import models
+from course_utils.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_cifar10, make_loaders
 
 
 def emit(**row) -> dict:
@@ -161,7 +161,8 @@ def run_fastai(data: ImageData, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="CIFAR-10 source for cu.data.load_cifar10 (npz, batches folder, ImageFolder)")
+    parser.add_argument("--data", required=True, 
+                        help="CIFAR-10 source for cu.data.load_cifar10 (npz, batches folder, ImageFolder)")
     parser.add_argument("--only", default="loop,net,recipe,fastai", help="comma-separated runs")
     parser.add_argument("--rounds", type=int, default=4, help="alternations of bare loop / fit")
     parser.add_argument("--net-batch", type=int, default=32)
@@ -169,10 +170,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=180.0, help="seconds of training for the recipe")
     parser.add_argument("--epochs", type=int, default=11, help="recipe epochs (fewer if the budget ends first)")
     parser.add_argument("--fastai-epochs", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=128, help="recipe batch size (on 2 cores an epoch costs the same at 128 as at 256, with twice the steps)")
+    parser.add_argument("--batch", type=int, default=128, 
+                        help="recipe batch size (on 2 cores an epoch costs the same at 128 as at 256, with twice the steps)")
     parser.add_argument("--lr", type=float, default=0.15, help="recipe peak learning rate")
     parser.add_argument("--widths", default="32,64,128")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast (pays off on CPUs with native bf16 only)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], 
+                        help="bf16 autocast (pays off on CPUs with native bf16 only)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     args.widths = tuple(int(w) for w in args.widths.split(","))

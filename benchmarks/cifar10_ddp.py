@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import course_utils as cu  # noqa: E402
-from course_utils import models  # noqa: E402
-from course_utils.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, make_loaders  # noqa: E402
+import course_utils as cu
+from course_utils import models
+from course_utils.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, make_loaders
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10 import accuracy, emit, normalised  # noqa: E402  (the single-process benchmark's helpers)
+from cifar10 import accuracy, emit, normalised
 
 
 def train_recipe(data, args, device: torch.device, per_process: int) -> tuple[torch.nn.Module, int, bool]:

@@ -1,7 +1,8 @@
 """Exercise checkers: one call per exercise that says "correct", "not solved yet" or what is wrong.
 
 In class a checker never raises (in grading mode, `COURSE_GRADING=1`, a failed check raises
-`NotSolvedError` so that nbgrader gives the cell no points). It runs the student's function (or looks at their value) on a few test
+`NotSolvedError` so that nbgrader gives the cell no points). It runs the student's function (or looks at
+their value) on a few test
 cases, compares with our reference answer and prints one line: a pass, or the first problem it
 found (an error message, a wrong shape or dtype, which values differ and for which inputs, or a
 known mistake recognised by name) with a conceptual hint. It returns True or False.
@@ -170,7 +171,7 @@ def _call(fn: Callable, args: Sequence[Any]) -> tuple[Any, str | None]:
     """Call `fn(*args)`; return (result, None), or (None, 'TypeError: ...') if it raised."""
     try:
         return fn(*args), None
-    except Exception as error:  # noqa: BLE001 - a checker must never crash the notebook
+    except Exception as error:
         return None, f"it raised {type(error).__name__}: {error}"
 
 
@@ -288,7 +289,8 @@ def reference_pairwise_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @exercise("pairwise_sq_distances", reference_pairwise_sq_distances)
 def check_pairwise_sq_distances(fn: Any) -> bool:
     """Exercise (lab 1): `pairwise_sq_distances(a [N,D], b [M,D]) -> [N,M]` without Python loops."""
-    pairs = [(_rng(0).normal(size=(4, 3)), _rng(1).normal(size=(6, 3))), (_rng(2).normal(size=(1, 5)), _rng(3).normal(size=(2, 5)))]
+    pairs = [(_rng(0).normal(size=(4, 3)), _rng(1).normal(size=(6, 3))),
+             (_rng(2).normal(size=(1, 5)), _rng(3).normal(size=(2, 5)))]
     cases = [((a, b), reference_pairwise_sq_distances(a, b)) for a, b in pairs]
     mistakes = {"these are distances, not squared distances":
                 lambda a, b: np.sqrt(reference_pairwise_sq_distances(a, b)),
@@ -503,7 +505,8 @@ def check_train_step(fn: Any) -> bool:
     found = problem(torch.cat([p.detach().flatten() for p in nets[0].parameters()]),
                     torch.cat([p.detach().flatten() for p in nets[1].parameters()]), atol=1e-5)
     if found:
-        return report(False, f"{name}: the weights after the step are wrong ({found}); did you zero the old gradients and call optimizer.step()?", hint)
+        return report(False, f"{name}: the weights after the step are wrong ({found}); "
+                      "did you zero the old gradients and call optimizer.step()?", hint)
     return report(True, f"{name}: correct (loss and updated weights match)")
 
 
@@ -520,7 +523,8 @@ def check_smooth_labels(fn: Any) -> bool:
     import torch
 
     cases = [((labels, k, eps), reference_smooth_labels(labels, k, eps))
-             for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2), (torch.tensor([1]), 2, 0.0)]]
+             for labels, k, eps in [(torch.tensor([0, 2, 1]), 3, 0.1), (torch.tensor([9, 0]), 10, 0.2),
+                                    (torch.tensor([1]), 2, 0.0)]]
     return check_function(fn, cases, "smooth_labels",
                           "every class gets an equal share of eps and the true class keeps the rest of the "
                           "probability; each row must still sum to 1")

@@ -255,7 +255,8 @@ class FeatureAEDetector(_FeatureDetector):
 
     The features of `layers` of a frozen ImageNet CNN (EfficientNet-Lite0 by default), each
     averaged over a `neighbourhood` x `neighbourhood` window and stacked at the grid of
-    `scale_to` (None: the first layer, blocks.1 at stride 4 as in lab 6), are standardised per channel (mean and std of the good images, set by fit);
+    `scale_to` (None: the first layer, blocks.1 at stride 4 as in lab 6), are standardised per channel (mean and std
+    of the good images, set by fit);
     a `FeatureAutoencoder(hidden, latent_channels)` of 1x1 convolutions learns to reproduce them
     (`epochs` of `cu.train.fit`, Adam(`lr`), shuffled batches of `batch_size`, after
     `seed_everything(seed)`). The squared feature error per cell is the anomaly map; the image

@@ -321,7 +321,8 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     `checkpoint` saves the best weights to that path and loads them back at the end; `patience`
     stops training after that many epochs without improvement; `budget_s` stops training once
     that many seconds of training have passed (in the middle of an epoch: that epoch is then
-    validated and is the last; the seconds count from the first epoch, not the set-up before it). The model is moved to `device` (a `torch.device` or a string such as "cuda").
+    validated and is the last; the seconds count from the first epoch, not the set-up before it). The model is moved to
+    `device` (a `torch.device` or a string such as "cuda").
     Under torchrun the training is data-parallel (see the module's docstring). Returns the `History`.
     """
     _check_fit_arguments(epochs, valid_loader, checkpoint, patience, monitor, metrics, budget_s)

@@ -35,7 +35,8 @@ CASES = {
     "dense_params": (checks.check_dense_params, checks.reference_dense_params, lambda h, w, c, n: h * w * c * n),
     "pairwise": (checks.check_pairwise_sq_distances, checks.reference_pairwise_sq_distances,
                  lambda a, b: np.sqrt(checks.reference_pairwise_sq_distances(a, b))),
-    "neuron": (checks.check_neuron_gradient, checks.reference_neuron_gradient, lambda x, y, w, b: (2 * (y - w * x - b) * x, 2 * (y - w * x - b))),
+    "neuron": (checks.check_neuron_gradient, checks.reference_neuron_gradient,
+               lambda x, y, w, b: (2 * (y - w * x - b) * x, 2 * (y - w * x - b))),
     "relu": (checks.check_relu_backward, checks.reference_relu_backward, lambda x, g: g * (x >= 0)),
     "softmax_ce": (checks.check_softmax_cross_entropy_grad, checks.reference_softmax_cross_entropy_grad,
                    lambda z, y: checks.reference_softmax_cross_entropy_grad(z, y) * len(y)),  # forgot the mean

@@ -28,8 +28,8 @@ def test_classification_errors_are_clear():
 
 def rank_auc(labels, scores) -> float:
     """AUROC by hand: the fraction of (anomalous, normal) pairs ranked right, ties count half."""
-    pos = [s for s, l in zip(scores, labels) if l == 1]
-    neg = [s for s, l in zip(scores, labels) if l == 0]
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
 

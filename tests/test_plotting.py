@@ -4,14 +4,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
 
-from course_utils import plotting as p  # noqa: E402
-from course_utils.train import History  # noqa: E402
+from course_utils import plotting as p
+from course_utils.train import History
 
 
 @pytest.fixture(autouse=True)

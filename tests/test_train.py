@@ -10,8 +10,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from course_utils import metrics
 from course_utils.models import BetterNet, SpeedRunNet
-from course_utils.train import (EMA, History, evaluate, fit, flip_tta, load_checkpoint, predict, save_checkpoint,
-                                train_one_epoch, train_speedrun)
+from course_utils.train import (
+    EMA,
+    History,
+    evaluate,
+    fit,
+    flip_tta,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train_one_epoch,
+    train_speedrun,
+)
 
 CPU = torch.device("cpu")
 

@@ -282,7 +282,7 @@ def _course_stubs_class():
     class CourseStubs(ClearSolutions):
         """Replace each solution region by its `# STUB:` line (tools/editions.py), not nbgrader's generic stub."""
 
-        def _replace_solution_region(self, cell, language):  # noqa: ANN001 - nbgrader's signature
+        def _replace_solution_region(self, cell, language):
             if cell.cell_type != "code" or editions.BEGIN not in cell.source:
                 return super()._replace_solution_region(cell, language)
             cell.source = editions.stub_solution(cell.source)
@@ -291,7 +291,7 @@ def _course_stubs_class():
     return CourseStubs
 
 
-def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+def __getattr__(name: str):
     """`from assignments import CourseStubs` in nbgrader_config.py builds the class on first use."""
     if name == "CourseStubs":
         return _course_stubs_class()
