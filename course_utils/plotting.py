@@ -346,7 +346,7 @@ def show_anomaly_maps(images, maps=None, masks=None, scores=None, titles: Sequen
         if gt is not None and gt[i].max() > 0.5:
             cols = np.linspace(0, width - 1, gt.shape[2])  # mask pixel -> image pixel
             rows = np.linspace(0, height - 1, gt.shape[1])
-            ax.contour(cols, rows, gt[i], levels=[0.5], colors="lime", linewidths=1.2)
+            ax.contour(cols, rows, gt[i], levels=[0.5], colors="lime", linewidths=2.0)
         lines = ([str(titles[i])] if titles is not None else []) + \
                 ([f"score {score_list[i]:.3f}"] if score_list is not None else [])
         if lines:
