@@ -1,8 +1,12 @@
-"""Anomaly scoring: from per-pixel anomaly maps to image scores, and the detectors of labs 5-7.
+"""Anomaly scoring: the pieces the detectors of labs 5-7 are built from.
 
 Every detector in the course ends the same way: an anomaly map per image (how unusual each
-pixel looks) and one score per image (how unusual the whole image looks). The helpers at the top
-turn maps into smoothed maps and image scores; the detectors below (PatchCore, PaDiM) share them.
+pixel looks) and one score per image (how unusual the whole image looks). Here: smoothing and
+image scores; reconstruction and feature errors; the one batched-inference loop
+(`run_in_batches`); where a feature cell looks (`stage_geometry`) and the one map
+post-processor that puts it there (`to_image_maps`); the one patch embedding; PatchCore's
+nearest neighbours, coreset and re-weighting; PaDiM's shrunk Gaussians. The detectors
+themselves (`PatchCore`, `PaDiM`, ...) live in `course_utils.detectors` (re-exported here).
 """
 
 from __future__ import annotations

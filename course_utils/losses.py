@@ -118,11 +118,13 @@ class FeatureLoss(nn.Module):
     Shallow stages keep the loss sharp, deep stages make it forgiving of pixel exactness but
     strict about content. `style_weight > 0` adds the Gram-matrix (texture) distance of each
     stage. Inputs are images [B, 3, H, W] in [0, 1]; the result is a scalar. `feature_map(output,
-    target)` gives the per-pixel version [B, H, W], usable as an anomaly map.
+    target)` gives the per-pixel version [B, H, W], usable as an anomaly map: each stage's
+    cells are placed at their measured receptive-field centres (`cu.anomaly.stage_geometry`;
+    `align=False`: the old `align_corners=False` upsampling).
     """
 
     def __init__(self, stages: Sequence[int] = (1, 2, 3), weights: Sequence[float] | None = None,
-                 style_weight: float = 0.0, backbone: nn.Module | None = None) -> None:
+                 style_weight: float = 0.0, backbone: nn.Module | None = None, align: bool = True) -> None:
         super().__init__()
         if not stages or min(stages) < 0 or max(stages) > 6:
             raise ValueError(f"stages must be EfficientNet-Lite0 stage numbers 0..6, got {stages}.")
@@ -130,6 +132,11 @@ class FeatureLoss(nn.Module):
         if len(weights) != len(stages):
             raise ValueError(f"Give one weight per stage: {len(stages)} stages, {len(weights)} weights.")
         net = backbone if backbone is not None else pretrained_backbone("efficientnet_lite0")
+        from course_utils.anomaly import stage_geometry
+
+        strides, offsets = stage_geometry(net, [f"blocks.{s}" for s in stages])  # [S], [S, 2]
+        self.geometry = [(float(s), tuple(o.tolist())) for s, o in zip(strides, offsets)]
+        self.align = align
         self.stem = nn.Sequential(net.conv_stem, net.bn1)  # conv + BatchNorm + ReLU6
         self.blocks = net.blocks[: max(stages) + 1]  # no need to run deeper than we compare
         self.requires_grad_(False).eval()
@@ -163,9 +170,12 @@ class FeatureLoss(nn.Module):
     @torch.no_grad()
     def feature_map(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-pixel weighted feature distance [B, H, W] of `output` to `target` [B, 3, H, W]."""
-        size = target.shape[-2:]
+        from course_utils.anomaly import to_image_maps
+
+        size = tuple(target.shape[-2:])
         total = target.new_zeros(target.shape[0], *size)  # [B, H, W]
-        for w, fo, ft in zip(self.weights, self.features(output), self.features(target)):
-            d = ((fo - ft) ** 2).mean(dim=1, keepdim=True)  # [B, 1, h, w]
-            total += w * F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
+        pairs = zip(self.weights, self.features(output), self.features(target), self.geometry)
+        for w, fo, ft, (stride, offset) in pairs:
+            d = ((fo - ft) ** 2).mean(dim=1)  # [B, h, w]
+            total += w * to_image_maps(d, size, sigma=0, stride=stride, offset=offset, align=self.align)  # [B, H, W]
         return total

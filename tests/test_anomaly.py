@@ -90,9 +90,10 @@ def test_reweighting_damps_an_isolated_neighbour() -> None:
 def test_mahalanobis_equals_the_textbook_formula() -> None:
     g = torch.Generator().manual_seed(0)
     train, test = torch.randn(20, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
-    mean, precision = anomaly.gaussian_per_position(train, regularization=0.01)
+    mean, precision, shrinkage = anomaly.gaussian_per_position(train, regularization=0.01, shrinkage=0.0)
     maps = anomaly.mahalanobis_maps(test, mean, precision)  # [4, 2, 2]
     assert mean.shape == (4, 3) and precision.shape == (4, 3, 3) and maps.shape == (4, 2, 2)
+    assert (shrinkage == 0).all()
     for i, j in [(0, 0), (1, 1), (0, 1)]:
         x = train[:, :, i, j].double()  # [20, 3]
         cov = torch.cov(x.T) + 0.01 * torch.eye(3, dtype=torch.float64)
