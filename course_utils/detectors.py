@@ -254,7 +254,7 @@ class FeatureAEDetector(_FeatureDetector):
 
     The features of `layers` of a frozen ImageNet CNN (EfficientNet-Lite0 by default), each
     averaged over a `neighbourhood` x `neighbourhood` window and stacked at the grid of
-    `scale_to`, are standardised per channel (mean and std of the good images, set by fit);
+    `scale_to` (None: the first layer, blocks.1 at stride 4 as in lab 6), are standardised per channel (mean and std of the good images, set by fit);
     a `FeatureAutoencoder(hidden, latent_channels)` of 1x1 convolutions learns to reproduce them
     (`epochs` of `cu.train.fit`, Adam(`lr`), shuffled batches of `batch_size`, after
     `seed_everything(seed)`). The squared feature error per cell is the anomaly map; the image
@@ -262,7 +262,7 @@ class FeatureAEDetector(_FeatureDetector):
     """
 
     def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"),
-                 scale_to: str = "blocks.1", neighbourhood: int = 3, hidden: int = 128, latent_channels: int = 32,
+                 scale_to: str | None = None, neighbourhood: int = 3, hidden: int = 128, latent_channels: int = 32,
                  epochs: int = 40, lr: float = 1e-3, batch_size: int = 16, sigma: float = 4.0,
                  reduction: str = "max", top_k: float = 0.01, align: bool = True, seed: int = 0,
                  device: torch.device | str | None = None) -> None:
