@@ -73,7 +73,7 @@ def test_reconstruction_detector_steps_and_repeatability() -> None:
     recons, errors = det.reconstruct(test), det.error_maps(test)
     assert recons.shape == test.shape and errors.shape == (2, 32, 32)
     torch.testing.assert_close(errors, ((test - recons) ** 2).mean(dim=1))
-    expected = anomaly.image_scores(anomaly.to_image_maps(errors, 32, sigma=2.0), "topk", 0.01)
+    expected = anomaly.image_scores(anomaly.to_image_maps(errors, 32, sigma=2.0), det.reduction, 0.01)
     torch.testing.assert_close(first.scores, expected)
     torch.testing.assert_close(det.fit(train).predict(test).maps, first.maps)  # fit again: same model
     with pytest.raises(ValueError, match="loss must be"):

@@ -97,6 +97,17 @@ def numbered_items(text: str) -> list[str]:
     return re.findall(r"^\s*\d+\.\s+(.+)$", text, re.M)
 
 
+def bullet_items(markdown: str) -> list[str]:
+    """The items of a bulleted list, each with its indented continuation lines joined on."""
+    items: list[str] = []
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("- ", "* ")):
+            items.append(line.strip())
+        elif items and line.startswith(" ") and line.strip():
+            items[-1] += " " + line.strip()
+    return items
+
+
 @pytest.mark.parametrize("path", **by_name(NOTEBOOKS))
 def test_lab_ends_with_summary_questionnaire_further_research_references(path):
     """CONTRIBUTING.md's rule 4: the last four cells, in this order, the last cell being References."""
@@ -113,7 +124,7 @@ def test_lab_ends_with_summary_questionnaire_further_research_references(path):
     assert 6 <= len(numbered_items(questions)) <= 10, \
         f"the Questionnaire has 6-10 numbered questions (found {len(numbered_items(questions))})"
     assert 1 <= len(numbered_items(research)) <= 3, "Further research lists 1-3 numbered open tasks"
-    entries = [line for line in references.splitlines() if line.lstrip().startswith(("-", "*"))]
+    entries = bullet_items(references)
     assert entries, "References lists its sources as a bulleted list"
     for entry in entries:
         assert re.search(r"https?://", entry) and re.search(r"\b(19|20)\d\d\b", entry), \
