@@ -1,6 +1,8 @@
 """How good is a model? Classification metrics and the anomaly-detection metrics of MVTec AD.
 
-Classification (labs 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`.
+Classification (labs 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`, and
+`accuracy_difference_interval`/`compare_accuracies`, which say whether two accuracies differ by
+more than the noise of their evaluation sets.
 Anomaly detection (labs 5-7): a detector gives one score per image and one anomaly map per
 image. `image_auroc` asks "are defective images ranked above good ones?", `pixel_auroc` the same
 per pixel, `pro_score` whether every defect region, small or large, is found. A detector in a
@@ -16,6 +18,7 @@ Every function takes tensors or NumPy arrays and returns plain floats / arrays.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +59,38 @@ def accuracy(logits_or_preds: ArrayLike, targets: ArrayLike) -> float:
     preds, targets = _as_predictions(logits_or_preds), _numpy(targets)
     _same_length(preds, targets, "predictions and targets")
     return float((preds == targets).mean())
+
+
+def accuracy_difference_interval(acc_a: float, acc_b: float, n_a: int, n_b: int | None = None,
+                                 level: float = 0.95) -> tuple[float, float]:
+    """A normal-approximation interval `(low, high)` for the difference `acc_a - acc_b`.
+
+    Each accuracy measured on `n` images has the variance $p(1-p)/n$; a difference of two
+    independent ones adds both variances, so with equal accuracies its interval is $\\sqrt{2}$ times
+    as wide as that of one accuracy. `n_b` defaults to `n_a` (the same validation set). The interval
+    covers the sampling noise of the evaluation images only, not the seed-to-seed noise of training.
+    """
+    n_b = n_a if n_b is None else n_b
+    for name, acc in (("acc_a", acc_a), ("acc_b", acc_b)):
+        if not 0.0 <= acc <= 1.0:
+            raise ValueError(f"{name} must be an accuracy between 0 and 1, got {acc}")
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"n_a and n_b count evaluation images and must be at least 1, got {n_a} and {n_b}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)  # 1.96 for level 0.95
+    half = z * math.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
+    diff = acc_a - acc_b
+    return diff - half, diff + half
+
+
+def compare_accuracies(acc_a: float, acc_b: float, n_a: int, n_b: int | None = None,
+                       level: float = 0.95) -> str:
+    """`"ahead"`, `"behind"` or `"a tie"`: where `acc_a` stands against `acc_b`.
+
+    A tie means `accuracy_difference_interval` contains 0, i.e. the difference is inside the noise
+    of the evaluation images; labs use this one rule wherever two accuracies are compared.
+    """
+    low, high = accuracy_difference_interval(acc_a, acc_b, n_a, n_b, level)
+    return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
 
 
 def confusion_matrix(preds: ArrayLike, targets: ArrayLike, n_classes: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from course_utils.metrics import image_auroc, roc_points
 
@@ -192,6 +193,7 @@ def plot_history(history) -> Figure:
         if best is not None:
             ax.axvline(best + 1, color="gray", linestyle="--", linewidth=1, label="best epoch")
         ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -1,5 +1,7 @@
 """Tests of course_utils.metrics against hand-computed values."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +265,19 @@ def test_results_table_layout():
         m.results_table([{"image_auroc": 0.5}])
     with pytest.raises(ValueError, match="at least one row"):
         m.results_table([])
+
+
+def test_accuracy_difference_interval_is_sqrt2_wider_and_calls_ties():
+    one = 1.96 * math.sqrt(0.9 * 0.1 / 300)  # the 95% half-width of one accuracy of 0.9 on 300 images
+    low, high = m.accuracy_difference_interval(0.9, 0.9, 300)
+    assert low == pytest.approx(-math.sqrt(2) * one, rel=1e-3) and high == pytest.approx(math.sqrt(2) * one, rel=1e-3)
+    low, high = m.accuracy_difference_interval(0.8, 0.7, 100, 400)
+    assert (low + high) / 2 == pytest.approx(0.1)
+    assert high - low == pytest.approx(2 * 1.96 * math.sqrt(0.8 * 0.2 / 100 + 0.7 * 0.3 / 400), rel=1e-3)
+    assert m.compare_accuracies(0.93, 0.90, 300) == "a tie"  # 3 points on 300 images: inside the noise
+    assert m.compare_accuracies(0.93, 0.90, 10_000) == "ahead"
+    assert m.compare_accuracies(0.50, 0.90, 300) == "behind"
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        m.accuracy_difference_interval(93.0, 90.0, 300)
+    with pytest.raises(ValueError, match="at least 1"):
+        m.accuracy_difference_interval(0.9, 0.9, 0)
