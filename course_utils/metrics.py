@@ -18,8 +18,8 @@ Every function takes tensors or NumPy arrays and returns plain floats / arrays.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 import torch
