@@ -139,8 +139,9 @@ class ReconstructionDetector(Detector):
     feature loss's per-pixel map) or a callable (images, recons) -> [N, H, W]. `image_size`
     (None = the images' size) resizes images before the autoencoder; `sigma` is then in pixels
     of that size. fit: `seed_everything(seed)`, build the default model, shuffled batches of
-    `batch_size`, Adam(`lr`), `epochs` epochs of `cu.train.fit`. Image score: `reduction` of the
-    smoothed map (lab 5's choice on validation images: the mean).
+    `batch_size`, Adam(`lr`), `epochs` epochs of `cu.train.fit`; `epochs=0` with a given `model`
+    keeps its trained weights. Image score: `reduction` of the
+    smoothed map (default: the mean; lab 5 chooses its rule on validation images).
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str | Callable = "mse",
@@ -188,6 +189,11 @@ class ReconstructionDetector(Detector):
         from course_utils.device import seed_everything
         from course_utils.models import ConvAutoencoder
 
+        if self.epochs == 0:  # a model trained elsewhere (lab 5 section 8): keep its weights
+            if self._default_model:
+                raise ValueError("epochs=0 keeps the weights of a trained model: pass model=..., or epochs >= 1.")
+            self.history = None
+            return
         seed_everything(self.seed)
         if self._default_model:
             self.model = ConvAutoencoder(**self._model_args)  # fresh weights: fit twice, same result

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import anomaly, detectors
+from course_utils import anomaly, detectors, models
 from course_utils.backbones import pretrained_backbone
 
 SIZE = 96
@@ -203,3 +203,17 @@ def test_cu_anomaly_reexports_the_detectors() -> None:
     from course_utils.anomaly import PaDiM, PatchCore
 
     assert PatchCore is detectors.PatchCore and PaDiM is detectors.PaDiM
+
+
+def test_reconstruction_detector_with_epochs_zero_keeps_the_given_models_weights() -> None:
+    train = _texture(4, seed=0, size=32)
+    model = models.ConvAutoencoder(widths=(8, 16), latent_channels=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    det = detectors.ReconstructionDetector(model=model, epochs=0, sigma=2.0).fit(train)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    recons = anomaly.run_in_batches(model, train, 16, torch.device("cpu"))  # [4, 3, 32, 32]
+    expected = anomaly.to_image_maps(((train - recons) ** 2).mean(dim=1), 32, sigma=2.0)
+    torch.testing.assert_close(det.predict(train).maps, expected)
+    with pytest.raises(ValueError, match="epochs=0"):
+        detectors.ReconstructionDetector(epochs=0).fit(train)
