@@ -32,9 +32,9 @@ class Explorer:
     needs_image: bool = True  # False: a figure is optional, but if there is one it must change too
 
 
-LAB3 = Explorer("notebooks/03_convolution_by_hand.ipynb", r"output shape[^\n]*", run_s=420)
+LAB3 = Explorer("notebooks/03_convolution_by_hand.ipynb", r"output shape[^\n]*", run_s=600)
 LAB5 = Explorer("notebooks/05_autoencoder_anomaly_detection.ipynb", r"[^\n]*false alarms?[^\n]*missed[^\n]*",
-                run_s=600)  # the confusion matrix is redrawn at every threshold
+                run_s=900)  # the confusion matrix is redrawn at every threshold
 
 # The notebook panel open on `path` (JupyterLab exposed as window.jupyterapp), then what we read of it.
 # (window.jupyterapp is undefined for a moment while the page loads: then there is no panel yet.)
