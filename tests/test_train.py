@@ -171,13 +171,25 @@ def test_train_speedrun_learns_and_keeps_its_time_budget():
     assert time.perf_counter() - start < 3.0  # the clock ends training, not the epoch count
 
 
+class SlowMLP(nn.Module):
+    """The test MLP with a 2 ms pause per forward pass, so that one epoch takes a known minimum time on any CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)
+        return self.net(x)
+
+
 def test_fit_stops_when_its_time_budget_is_used_up():
-    x, y = blobs(4096)
-    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)  # 1,024 steps per epoch
+    x, y = blobs(1024)
+    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)  # 256 steps per epoch: at least 0.5 s each
     _, valid = loaders()
     start = time.perf_counter()
-    history = fit(mlp(), train, valid, epochs=50, device=CPU, budget_s=0.5, progress=False)
-    assert time.perf_counter() - start < 5.0  # 50 full epochs would take far longer
+    history = fit(SlowMLP(), train, valid, epochs=50, device=CPU, budget_s=0.2, progress=False)
+    assert time.perf_counter() - start < 5.0  # 50 full epochs would take at least 25 s
     assert len(history) == 1 and 0 < history.steps[0] < len(train)  # stopped inside the first epoch
     assert len(history.valid_loss) == 1  # the cut epoch is still validated
     full = fit(mlp(), *loaders(), epochs=2, device=CPU, progress=False)

@@ -137,11 +137,12 @@ def drag(page, slider, fraction: float) -> None:
 
 
 def changed(before: tuple, after: tuple) -> bool:
-    """Whether the text changed and the figure was redrawn: its first image is a new one. An output
-    being cleared and refilled shows the new text but no image for a moment: not a change yet."""
+    """Whether the text changed and the figure was redrawn: one of its images is a new one (lab 3 keeps
+    its input image and redraws the output beside it). An output being cleared and refilled shows the
+    new text but no image for a moment: not a change yet."""
     if after[0] == before[0]:
         return False
-    return not before[1] or (bool(after[1]) and after[1][0] != before[1][0])
+    return not before[1] or (bool(after[1]) and after[1] != before[1])
 
 
 def settle(cell, explorer: Explorer, now: tuple, timeout_s: float = 10) -> tuple:
