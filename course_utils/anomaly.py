@@ -193,10 +193,68 @@ def to_image_maps(maps: torch.Tensor, size: int | tuple[int, int], sigma: float 
     return gaussian_blur(maps, sigma)  # [N, H, W]
 
 
-def _central_cells(maps: torch.Tensor) -> torch.Tensor:
-    """The central 2 x 2 cells [n, C, 2, 2] of feature maps [n, C, h, w]."""
-    i, j = maps.shape[-2] // 2, maps.shape[-1] // 2
-    return maps[:, :, i - 1:i + 1, j - 1:j + 1]
+def _central_cells(maps: torch.Tensor, cells: int = 2) -> torch.Tensor:
+    """The central `cells` x `cells` cells [n, C, cells, cells] of feature maps [n, C, h, w]."""
+    i, j = maps.shape[-2] // 2 - cells // 2, maps.shape[-1] // 2 - cells // 2
+    return maps[:, :, i:i + cells, j:j + cells]
+
+
+def input_gradient_maps(backbone: nn.Module, layers: Sequence[str], images: torch.Tensor,
+                        cells: int = 1) -> dict[str, torch.Tensor]:
+    """How much each input pixel moves the central cells of each layer: {layer: [H, W]}.
+
+    `images` [n, 3, H, W] in [0, 1] are ImageNet-normalised and run through `backbone`; for each
+    layer we take the central `cells` x `cells` cells of its feature map (all channels) and return
+    |d sum|cells| / d pixel|, summed over the images and the colour channels. Where the map is non-zero,
+    the pixel lies in the cells' receptive field; how the weight spreads shows which of those pixels
+    matter (the effective receptive field). One forward pass, one backward pass per layer.
+    """
+    from course_utils.backbones import imagenet_normalize
+
+    modules = dict(backbone.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the backbone; e.g. {[n for n in modules if n.count('.') == 1][:8]}")
+    x = images.detach().to(next(backbone.parameters()).device).requires_grad_(True)  # [n, 3, H, W]
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+             for name in layers]
+    try:
+        with torch.enable_grad():
+            backbone(imagenet_normalize(x))
+            central = {name: _central_cells(outputs[name], cells) for name in layers}  # [n, C, c, c] each
+    finally:
+        for hook in hooks:
+            hook.remove()
+    maps = {}
+    for name in layers:
+        (grad,) = torch.autograd.grad(central[name].abs().sum(), x, retain_graph=True)  # [n, 3, H, W]
+        maps[name] = grad.abs().sum(dim=(0, 1)).cpu()  # [H, W]
+    return maps
+
+
+def receptive_field_extent(weight: torch.Tensor, mass: float = 1.0) -> tuple[int, int]:
+    """(height, width) in pixels of the part of a gradient map [H, W] that holds its central `mass` share.
+
+    With `mass=1` it is the extent of the non-zero gradient: the receptive field, measured (clipped by
+    the image's border when the field is larger than the image). With e.g. `mass=0.9` it is the
+    distance between the 5 % and 95 % points of the weight summed along each axis: the *effective*
+    receptive field, usually much smaller, because the centre is reached by many more paths.
+    """
+    if weight.dim() != 2 or not 0 < mass <= 1:
+        raise ValueError(f"need a gradient map [H, W] and 0 < mass <= 1; got {tuple(weight.shape)} and {mass}")
+    extent = []
+    for axis in (1, 0):  # rows (sum over columns), then columns
+        profile = weight.double().sum(dim=axis)  # [H] or [W]
+        if mass == 1.0:
+            where = torch.nonzero(profile > 0).flatten()
+            extent.append(int(where[-1] - where[0] + 1) if len(where) else 0)
+        else:
+            cumulative = profile.cumsum(0) / profile.sum()  # [H] or [W], rising to 1
+            low = int(torch.searchsorted(cumulative, torch.tensor((1 - mass) / 2, dtype=cumulative.dtype)))
+            high = int(torch.searchsorted(cumulative, torch.tensor((1 + mass) / 2, dtype=cumulative.dtype)))
+            extent.append(high - low + 1)
+    return extent[0], extent[1]
 
 
 _GEOMETRY_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -207,35 +265,29 @@ def stage_geometry(backbone: nn.Module, layers: Sequence[str], image_size: int =
     """Measured stride [S] and receptive-field centre offset [S, 2] (y, x pixels) of each layer of `backbone`.
 
     Cell i of a stage with stride s is centred at pixel s*i + offset. We measure where it looks:
-    the gradient of the central 2x2 cells of each layer with respect to `n_images` random images;
-    the centroid of its magnitude is the centre. For EfficientNet-Lite0 the offsets are negative
-    (about -0.5, -3, -5 px for blocks.1-3): its learned kernels weigh the up-left more. Results
-    are cached per backbone object, so measuring costs one backward pass per backbone.
+    the gradient of the central 2x2 cells of each layer with respect to `n_images` random images
+    (`input_gradient_maps`); the centroid of its magnitude is the centre. For EfficientNet-Lite0 the
+    offsets are negative (about -0.5, -3, -5 px for blocks.1-3): its learned kernels weigh the up-left
+    more. Results are cached per backbone object, so measuring costs one backward pass per backbone.
     """
-    from course_utils.backbones import imagenet_normalize
-
     cache = _GEOMETRY_CACHE.setdefault(backbone, {})
     missing = [name for name in layers if name not in cache]
     if missing:
-        modules = dict(backbone.named_modules())
         x = torch.rand(n_images, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-        x = x.to(next(backbone.parameters()).device).requires_grad_(True)  # [n, 3, S, S]
-        outputs: dict[str, torch.Tensor] = {}
-        hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+        modules = dict(backbone.named_modules())
+        sizes: dict[str, tuple[int, int]] = {}
+        hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[-2:]))
                  for name in missing]
         try:
-            with torch.enable_grad():
-                backbone(imagenet_normalize(x))
-                central = {name: _central_cells(outputs[name]) for name in missing}  # [n, C, 2, 2] each
+            weights = input_gradient_maps(backbone, missing, x, cells=2)  # {layer: [S, S]}
         finally:
             for hook in hooks:
                 hook.remove()
-        pixels = torch.arange(image_size, dtype=torch.float32, device=x.device)  # [S]
+        pixels = torch.arange(image_size, dtype=torch.float32)  # [S]
         for name in missing:
-            h, w = outputs[name].shape[-2:]
+            h, w = sizes[name]
             stride = image_size / h
-            (grad,) = torch.autograd.grad(central[name].abs().sum(), x, retain_graph=True)  # [n, 3, S, S]
-            weight = grad.abs().sum(dim=(0, 1))  # [S, S]: how much each pixel moves the four cells
+            weight = weights[name]  # [S, S]: how much each pixel moves the four cells
             cy = (weight.sum(1) * pixels).sum() / weight.sum()  # centroid row
             cx = (weight.sum(0) * pixels).sum() / weight.sum()  # centroid column
             # the four cells' centre is cell (h/2 - 0.5, w/2 - 0.5), at pixel stride * that + offset

@@ -91,6 +91,37 @@ def imagenet_classes() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def layer_receptive_fields(backbone: nn.Module, layers: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The receptive field and jump (stride in input pixels) of each named layer, from the formula.
+
+    Walks the backbone's convolutions and poolings in the order they are registered (for a chain-like
+    network such as EfficientNet or the course's CNNs, the order of the forward pass) and applies
+    `cu.conv.receptive_field` up to the last module inside each layer. Residual connections add nothing;
+    a parallel strided branch (ResNet's `downsample`) would be counted twice, so use it on chains only.
+    Returns {layer: (receptive field in pixels, jump in pixels)}.
+    """
+    from course_utils.conv import receptive_field
+
+    named = list(backbone.named_modules())
+    names = [name for name, _ in named]
+    missing = [name for name in layers if name not in names]
+    if missing:
+        raise ValueError(f"Layers {missing} are not in the backbone; some of its layers: {names[1:12]}")
+    steps: list[tuple[int, int, int, int]] = []  # (position in `named`, kernel, stride, dilation)
+    for position, (_, module) in enumerate(named):
+        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, d = (getattr(module, attr, 1) for attr in ("kernel_size", "stride", "dilation"))
+            first = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731  (square kernels and strides)
+            steps.append((position, first(k), first(s), first(d)))
+    fields = receptive_field([k for _, k, _, _ in steps], [s for _, _, s, _ in steps], [d for *_, d in steps])
+    result = {}
+    for name in layers:
+        last = max(i for i, n in enumerate(names) if n == name or n.startswith(name + "."))
+        inside = [i for i, (position, *_) in enumerate(steps) if position <= last]
+        result[name] = fields[inside[-1]] if inside else (1, 1)
+    return result
+
+
 class _StopForward(Exception):
     """Raised by a hook once the last requested layer has run, to skip the rest of the network."""
 

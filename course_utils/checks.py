@@ -736,3 +736,49 @@ for _name, _reference in [("train_step", reference_train_step), ("smooth_labels"
                           ("patch_scores", reference_patch_scores), ("farthest_points", reference_farthest_points),
                           ("mahalanobis", reference_mahalanobis)]:
     _register(_name, f"check_{_name}", _reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 3 (issue 15): convolution as a matrix product, receptive fields
+# ---------------------------------------------------------------------------------------------
+
+def reference_conv_matrix(kernel: np.ndarray, input_shape: tuple[int, int]) -> np.ndarray:
+    """The matrix M [H'*W', H*W] of a convolution without padding, stride 1: conv2d(x, k).ravel() == M @ x.ravel()."""
+    return conv.conv_matrix(kernel, input_shape)
+
+
+@exercise("conv_matrix", reference_conv_matrix)
+def check_conv_matrix(fn: Any) -> bool:
+    """Exercise (lab 3): `my_conv_matrix(kernel [kh, kw], input_shape (H, W)) -> [H'*W', H*W]`."""
+    pairs = [(np.array([[1.0, 2], [2, 1]]), (4, 4)), (conv.KERNELS["vertical edge"], (5, 6)),
+             (_rng(2).normal(size=(2, 3)), (4, 5))]
+    cases = [((k, shape), reference_conv_matrix(k, shape)) for k, shape in pairs]
+    mistakes = {"the kernel is flipped (deep learning's convolution does not flip it)":
+                lambda k, shape: conv.conv_matrix(np.asarray(k)[::-1, ::-1], shape),
+                "the matrix is transposed: one row per output pixel, one column per input pixel":
+                lambda k, shape: conv.conv_matrix(k, shape).T}
+    return check_function(fn, cases, "my_conv_matrix",
+                          "row r belongs to output pixel r (counted row by row, as ravel() does); it holds the "
+                          "kernel's weights in the columns of the input pixels that output reads, 0 elsewhere",
+                          mistakes=mistakes)
+
+
+def reference_receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> int:
+    """Receptive field in input pixels of the last layer of a chain of layers (kernel sizes, strides)."""
+    return conv.receptive_field(kernel_sizes, strides)[-1][0]
+
+
+@exercise("receptive_field", reference_receptive_field)
+def check_receptive_field(fn: Any) -> bool:
+    """Exercise (lab 3): `my_receptive_field(kernel_sizes, strides) -> int` for a chain of layers."""
+    params = [([3], [1]), ([3, 3], [1, 1]), ([3, 3, 3], [1, 1, 1]), ([3, 3], [2, 1]), ([2, 2], [2, 2]),
+              ([7, 3, 3], [2, 2, 1]), ([3, 3, 3, 3], [2, 1, 2, 1]), ([5, 2, 5, 2], [1, 2, 1, 2])]
+    cases = [(p, reference_receptive_field(*p)) for p in params]
+    mistakes = {"the strides are ignored: every layer adds k - 1 pixels":
+                lambda ks, ss: 1 + sum(k - 1 for k in ks),
+                "each layer's own stride is counted too early: it only spaces the cells of the *next* layer":
+                lambda ks, ss: 1 + sum((k - 1) * int(np.prod(ss[:i + 1])) for i, k in enumerate(ks))}
+    return check_function(fn, cases, "my_receptive_field",
+                          "each layer sees k neighbouring cells of the layer below, so it adds k - 1 steps; how many "
+                          "input pixels apart are the cells of the layer below (what did the strides so far do)?",
+                          atol=0, mistakes=mistakes)

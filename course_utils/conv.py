@@ -6,12 +6,15 @@ with loops that read like the lecture slides (`conv2d`, `max_pool2d`), then vect
 `sliding_window_view` (`conv2d_fast`, `max_pool2d_fast`), which gives the same numbers much
 faster. `conv2d_multi` adds channels and several filters, `conv_transpose2d` runs the operation
 backwards (and shows where checkerboard artefacts come from), and `conv_explorer` is a small
-ipywidgets app to try kernels, strides and paddings on a real image.
+ipywidgets app to try kernels, strides and paddings on a real image. `conv_matrix` writes a
+convolution as one matrix product, `receptive_field` applies the receptive-field formula to a
+stack of layers, and `tf_style_conv2d` runs a TensorFlow-layout convolution with PyTorch.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 if TYPE_CHECKING:
     import ipywidgets
+    import torch
 
 KERNELS: dict[str, np.ndarray] = {
     "identity": np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float64),
@@ -174,6 +178,88 @@ def conv_transpose2d(image: np.ndarray, kernel: np.ndarray, stride: int = 1, pad
     if padding:
         out = out[padding:-padding, padding:-padding]  # [H_full - 2p, W_full - 2p]
     return out
+
+
+def conv_matrix(kernel: np.ndarray, input_shape: tuple[int, int], stride: int = 1, padding: int = 0) -> np.ndarray:
+    """The matrix M [H'*W', H*W] with conv2d(image, kernel, stride, padding).ravel() == M @ image.ravel().
+
+    Row r belongs to output pixel r (row-major order) and holds the kernel's weights in the columns of
+    the input pixels that pixel reads; every other entry is 0 (taps that land on the zero padding are
+    dropped, since they multiply a zero). `M.T` maps an output back to the input's shape: that product
+    is the transposed convolution, `conv_transpose2d(output, kernel, stride, padding)`, whenever that
+    has the input's size (PyTorch's `output_padding` covers the other cases).
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 2 or len(input_shape) != 2:
+        raise ValueError(f"conv_matrix needs a 2-D kernel [kh, kw] and an input shape (H, W); got kernel "
+                         f"{kernel.shape} and input shape {tuple(input_shape)}")
+    (h, w), (kh, kw) = input_shape, kernel.shape
+    out_h, out_w = _output_shape((h, w), kernel.shape, padding, stride)
+    matrix = np.zeros((out_h * out_w, h * w))  # [H'W', HW]
+    for i in range(out_h):
+        for j in range(out_w):
+            for u in range(kh):
+                for v in range(kw):
+                    y, x = i * stride + u - padding, j * stride + v - padding  # the input pixel under K[u, v]
+                    if 0 <= y < h and 0 <= x < w:
+                        matrix[i * out_w + j, y * w + x] = kernel[u, v]
+    return matrix
+
+
+def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int],
+                    dilations: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Receptive field and jump after each layer of a chain of convolutions (or poolings): [(r, j), ...].
+
+    A layer with kernel k, stride s and dilation d widens the receptive field by (k - 1) * d input-steps
+    of the layer before, each `jump` input pixels long: r_l = r_(l-1) + (k_l - 1) * d_l * j_(l-1), and
+    j_l = j_(l-1) * s_l, starting from r_0 = j_0 = 1 (one pixel). The jump is the distance, in input
+    pixels, between neighbouring cells of the layer's output. Branches that skip layers (residual
+    connections) add nothing: the longest path counts.
+    """
+    dilations = [1] * len(kernel_sizes) if dilations is None else list(dilations)
+    if not len(kernel_sizes) == len(strides) == len(dilations):
+        raise ValueError(f"need one stride (and dilation) per kernel size; got {len(kernel_sizes)} kernel "
+                         f"sizes, {len(strides)} strides and {len(dilations)} dilations")
+    size, jump, fields = 1, 1, []
+    for k, s, d in zip(kernel_sizes, strides, dilations):
+        if k < 1 or s < 1 or d < 1:
+            raise ValueError(f"kernel sizes, strides and dilations must be >= 1; got k={k}, s={s}, d={d}")
+        size, jump = size + (k - 1) * d * jump, jump * s
+        fields.append((size, jump))
+    return fields
+
+
+def _same_padding(n: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding along one axis: (before, after), the extra pixel (if any) after."""
+    total = max((-(-n // s) - 1) * s + k - n, 0)  # output ceil(n / s) needs this much padding
+    return total // 2, total - total // 2
+
+
+def tf_style_conv2d(inputs: torch.Tensor, filters: torch.Tensor, strides: Sequence[int] = (1, 1, 1, 1),
+                    padding: str = "VALID") -> torch.Tensor:
+    """`tf.nn.conv2d(inputs, filters, strides, padding)` written with PyTorch: TensorFlow layouts in and out.
+
+    `inputs` is NHWC [B, H, W, C_in] and `filters` HWIO [kh, kw, C_in, C_out], as in TensorFlow;
+    `strides` is [1, s_h, s_w, 1]; `padding` is "VALID" (none) or "SAME" (output ceil(H / s_h) x
+    ceil(W / s_w), the odd extra pixel of padding at the bottom and right, as TensorFlow does). We
+    permute to PyTorch's NCHW and OIHW, call `F.conv2d`, and permute the result back to NHWC
+    [B, H', W', C_out].
+    """
+    import torch.nn.functional as F
+
+    if inputs.dim() != 4 or filters.dim() != 4 or inputs.shape[3] != filters.shape[2]:
+        raise ValueError(f"need inputs NHWC [B, H, W, C] and filters HWIO [kh, kw, C, C_out] with the same C; "
+                         f"got {tuple(inputs.shape)} and {tuple(filters.shape)}")
+    if len(strides) != 4 or strides[0] != 1 or strides[3] != 1 or padding not in ("SAME", "VALID"):
+        raise ValueError(f"need strides [1, s_h, s_w, 1] and padding 'SAME' or 'VALID'; got {list(strides)}, {padding!r}")
+    x = inputs.permute(0, 3, 1, 2)  # [B, C_in, H, W]: NHWC -> NCHW
+    weight = filters.permute(3, 2, 0, 1)  # [C_out, C_in, kh, kw]: HWIO -> OIHW
+    if padding == "SAME":
+        (top, bottom), (left, right) = (_same_padding(x.shape[2], weight.shape[2], strides[1]),
+                                        _same_padding(x.shape[3], weight.shape[3], strides[2]))
+        x = F.pad(x, (left, right, top, bottom))  # [B, C_in, H + pad, W + pad]
+    out = F.conv2d(x, weight, stride=(strides[1], strides[2]))  # [B, C_out, H', W']
+    return out.permute(0, 2, 3, 1)  # [B, H', W', C_out]: NCHW -> NHWC
 
 
 def upsample_nearest(image: np.ndarray, factor: int = 2) -> np.ndarray:

@@ -83,3 +83,19 @@ def test_torchvision_weights_offline_give_a_clear_message(monkeypatch, tmp_path)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="offline.*pretrained_backbone\\('efficientnet_lite0'\\)"):
         backbones.pretrained_backbone("resnet18")
+
+
+def test_receptive_fields_from_the_formula_match_the_measured_gradient(model):
+    from course_utils import anomaly
+
+    layers = ("bn1", "blocks.1", "blocks.2", "blocks.3")
+    fields = backbones.layer_receptive_fields(model, layers)
+    assert [fields[name][1] for name in layers] == [2, 4, 8, 16]  # the jumps: the stages' strides
+    maps = anomaly.input_gradient_maps(model, layers, torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(0)))
+    for name in layers:
+        assert maps[name].shape == (160, 160)
+        assert anomaly.receptive_field_extent(maps[name]) == (fields[name][0],) * 2, name
+        effective = anomaly.receptive_field_extent(maps[name], mass=0.9)
+        assert all(1 <= e <= fields[name][0] for e in effective)
+    with pytest.raises(ValueError, match="not in the backbone"):
+        backbones.layer_receptive_fields(model, ["blocks.99"])

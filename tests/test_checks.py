@@ -46,6 +46,10 @@ CASES = {
     "conv2d": (checks.check_conv2d, conv.conv2d, lambda im, k: conv.conv2d(im, k[::-1, ::-1])),  # true convolution
     "max_pool": (checks.check_max_pool2d, my_max_pool, lambda im, size, stride: conv.max_pool2d(im, size, 1)),
     "horizontal_edge": (checks.check_horizontal_edge_kernel, conv.KERNELS["sobel y"], conv.KERNELS["vertical edge"]),
+    "conv_matrix": (checks.check_conv_matrix, checks.reference_conv_matrix,
+                    lambda k, shape: conv.conv_matrix(np.asarray(k)[::-1, ::-1], shape)),  # flipped kernel
+    "receptive_field": (checks.check_receptive_field, checks.reference_receptive_field,
+                        lambda ks, ss: 1 + sum(k - 1 for k in ks)),  # strides ignored
 }
 
 

@@ -125,3 +125,58 @@ def test_conv_explorer_updates_output_and_shape_text():
     assert images.children[1].value != first_png
     before, after = images.children  # same scale: the stride-2 output is drawn half as wide as the input
     assert before.layout.width == "60px" and after.layout.width == "30px" and after.layout.height == "40px"
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (1, 1), (3, 2)])
+def test_conv_matrix_product_is_the_convolution_and_its_transpose_the_transposed_one(stride, padding):
+    rng = np.random.default_rng(stride + padding)
+    image, kernel = rng.normal(size=(7, 7)), rng.normal(size=(3, 3))
+    matrix = conv.conv_matrix(kernel, image.shape, stride, padding)  # [H'W', HW]
+    out_shape = (conv.output_size(7, 3, padding, stride),) * 2
+    expected = F.conv2d(torch.tensor(image)[None, None], torch.tensor(kernel)[None, None], stride=stride,
+                        padding=padding)[0, 0].numpy()
+    np.testing.assert_allclose((matrix @ image.ravel()).reshape(out_shape), expected, atol=1e-12)
+    grad = rng.normal(size=out_shape)
+    extra = 7 - ((out_shape[0] - 1) * stride - 2 * padding + 3)  # what output_padding must add back
+    transposed = F.conv_transpose2d(torch.tensor(grad)[None, None], torch.tensor(kernel)[None, None], stride=stride,
+                                    padding=padding, output_padding=extra)[0, 0].numpy()
+    np.testing.assert_allclose((matrix.T @ grad.ravel()).reshape(7, 7), transposed, atol=1e-12)
+
+
+def test_conv_matrix_of_the_slides_example_has_the_kernel_in_every_row():
+    matrix = conv.conv_matrix(SLIDE_KERNEL, (4, 4))
+    assert matrix.shape == (9, 16) and ((matrix != 0).sum(axis=1) == 4).all()
+    assert ((matrix @ SLIDE_IMAGE.ravel()).reshape(3, 3) == [[20, 12, 19], [22, 21, 22], [22, 15, 16]]).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.conv_matrix(np.ones((5, 5)), (4, 4))
+
+
+def test_receptive_field_formula_matches_the_gradient_of_a_random_conv_stack():
+    torch.manual_seed(0)
+    specs = [(3, 1), (3, 2), (5, 1), (2, 2), (3, 1)]  # (kernel, stride)
+    net = torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, k, s) for k, s in specs]).double()
+    x = torch.randn(1, 1, 64, 64, dtype=torch.float64, requires_grad=True)
+    out = net(x)  # [1, 1, h, w]
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(dim=1)).flatten()
+    fields = conv.receptive_field([k for k, _ in specs], [s for _, s in specs])
+    assert fields[-1] == (int(rows[-1] - rows[0] + 1), 4)  # measured extent, and jump 1*2*1*2*1
+    assert conv.receptive_field([3, 3], [1, 1], dilations=[1, 2]) == [(3, 1), (7, 1)]
+    with pytest.raises(ValueError, match="one stride"):
+        conv.receptive_field([3, 3], [1])
+
+
+@pytest.mark.parametrize("padding, size, stride", [("SAME", 32, 2), ("SAME", 7, 3), ("VALID", 9, 2), ("SAME", 8, 1)])
+def test_tf_style_conv2d_matches_an_nhwc_numpy_convolution(padding, size, stride):
+    rng = np.random.default_rng(size)
+    images, filters = rng.normal(size=(2, size, size + 1, 3)), rng.normal(size=(5, 4, 3, 6))  # NHWC, HWIO
+    out = conv.tf_style_conv2d(torch.tensor(images), torch.tensor(filters), [1, stride, stride, 1], padding).numpy()
+    if padding == "SAME":
+        assert out.shape == (2, -(-size // stride), -(-(size + 1) // stride), 6)  # TensorFlow's ceil(n / s)
+        pad = [(0, 0), conv._same_padding(size, 5, stride), conv._same_padding(size + 1, 4, stride), (0, 0)]
+        images = np.pad(images, pad)
+    windows = np.lib.stride_tricks.sliding_window_view(images, (5, 4), axis=(1, 2))[:, ::stride, ::stride]
+    expected = np.einsum("bhwcuv,uvco->bhwo", windows, filters)  # [B, H', W', C_out], straight from the definition
+    np.testing.assert_allclose(out, expected, atol=1e-10)
+    with pytest.raises(ValueError, match="NHWC"):
+        conv.tf_style_conv2d(torch.tensor(images).permute(0, 3, 1, 2), torch.tensor(filters))
