@@ -205,6 +205,38 @@ def check_function(fn: Any, cases: Sequence[tuple[tuple, Any]], name: str, hint:
     return report(True, f"{name}: correct on {len(cases)} test cases")
 
 
+def _code_names(code: Any) -> set[str]:
+    """Every global and attribute name a function's code uses, nested functions and lambdas included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _code_names(const)
+    return names
+
+
+def borrowed(fn: Any, names: Sequence[str]) -> str | None:
+    """The course function an answer hands the work to (`fn` is one of `names`, or calls one), else None.
+
+    An exercise asks the student to write the computation; an answer that is, or calls, the course's
+    own version (e.g. `output_size` or `cu.conv.output_size`) would pass every test case without it.
+    """
+    own = getattr(fn, "__name__", "")
+    if own in names and getattr(fn, "__module__", "").startswith("course_utils"):
+        return own
+    code = getattr(fn, "__code__", None)
+    used = _code_names(code) & set(names) if code is not None else set()
+    return sorted(used)[0] if used else None
+
+
+def _check_own_work(fn: Any, cases: Sequence[tuple[tuple, Any]], name: str, hint: str = "", atol: float = 1e-6,
+                   mistakes: dict[str, Callable] | None = None, course_versions: Sequence[str] = ()) -> bool:
+    """`check_function`, after refusing an answer that is, or calls, one of the course's `course_versions`."""
+    used = borrowed(fn, course_versions) if callable(fn) else None
+    if used:
+        return report(False, f"{name}: it uses the course's own `{used}`; write the computation yourself", hint)
+    return check_function(fn, cases, name, hint, atol=atol, mistakes=mistakes)
+
+
 def solved_or_reference(value_or_fn: Any, reference: Any, name: str,
                         check: Callable[[Any], bool] | None = None) -> Any:
     """Return the student's answer if it checks out, else `reference`, and say which one is used.
@@ -393,15 +425,16 @@ _SLIDE_IMAGE = np.array([[1, 3, 1, 2], [6, 1, 5, 4], [5, 4, 2, 5], [3, 3, 1, 2]]
 @exercise("output_size", conv.output_size)
 def check_output_size(fn: Any) -> bool:
     """Exercise (lab 3): `output_size(n, f, padding, stride) -> int`, the slides' formula."""
-    params = [(4, 2, 0, 1), (4, 2, 1, 1), (4, 2, 1, 2), (7, 3, 0, 2), (6, 3, 0, 1), (32, 5, 2, 1), (224, 7, 3, 2), (10, 3, 0, 3)]
+    params = [(4, 2, 0, 1), (4, 2, 1, 1), (4, 2, 1, 2), (7, 3, 0, 2), (6, 3, 0, 1), (5, 3, 0, 1), (32, 5, 2, 1), (224, 7, 3, 2), (10, 3, 0, 3)]
     cases = [(p, conv.output_size(*p)) for p in params]
     mistakes = {"the padding counts on one side only; it is added at both ends": lambda n, f, p, s: (n + p - f) // s + 1,
                 "the first position is not counted (+1)": lambda n, f, p, s: (n + 2 * p - f) // s,
                 "the stride divides too much: only the positions after the first are counted in strides":
                 lambda n, f, p, s: (n + 2 * p - f + 1) // s}
-    return check_function(fn, cases, "output_size",
+    return _check_own_work(fn, cases, "output_size",
                           "the kernel's first cell can start at positions 0, s, 2s, ... of the padded input, "
-                          "as long as the whole kernel still fits; count those positions", atol=0, mistakes=mistakes)
+                          "as long as the whole kernel still fits; count those positions", atol=0, mistakes=mistakes,
+                          course_versions=("output_size", "conv2d", "conv2d_fast", "conv2d_multi"))
 
 
 @exercise("conv2d", conv.conv2d)
@@ -413,10 +446,10 @@ def check_conv2d(fn: Any) -> bool:
     cases = [((im, k), conv.conv2d(im, k)) for im, k in pairs]
     mistakes = {"the kernel is flipped (that is the mathematicians' convolution; deep learning does not flip)":
                 lambda im, k: conv.conv2d(im, k[::-1, ::-1])}
-    return check_function(fn, cases, "my_conv2d",
+    return _check_own_work(fn, cases, "my_conv2d",
                           "one output pixel per position where the whole kernel fits inside the image; each is "
                           "the sum of the element-wise products of the kernel and the pixels under it",
-                          mistakes=mistakes)
+                          mistakes=mistakes, course_versions=("conv2d", "conv2d_fast", "conv2d_multi", "conv_matrix"))
 
 
 @exercise("max_pool2d", conv.max_pool2d)
@@ -425,10 +458,10 @@ def check_max_pool2d(fn: Any) -> bool:
     params = [(_SLIDE_IMAGE, 2, 1), (_SLIDE_IMAGE, 2, 2), (_rng(0).normal(size=(7, 8)), 3, 2)]
     cases = [(p, conv.max_pool2d(*p)) for p in params]
     mistakes = {"the windows move by 1 whatever the stride": lambda im, size, stride: conv.max_pool2d(im, size, 1)}
-    return check_function(fn, cases, "my_max_pool2d",
+    return _check_own_work(fn, cases, "my_max_pool2d",
                           "output pixel (i, j) summarises the window whose top-left corner is i and j strides "
                           "from the image's corner; its size follows the formula of exercise 2",
-                          mistakes=mistakes)
+                          mistakes=mistakes, course_versions=("max_pool2d", "max_pool2d_fast"))
 
 
 @exercise("horizontal_edge_kernel", conv.KERNELS["horizontal edge"])
@@ -757,10 +790,10 @@ def check_conv_matrix(fn: Any) -> bool:
                 lambda k, shape: conv.conv_matrix(np.asarray(k)[::-1, ::-1], shape),
                 "the matrix is transposed: one row per output pixel, one column per input pixel":
                 lambda k, shape: conv.conv_matrix(k, shape).T}
-    return check_function(fn, cases, "my_conv_matrix",
+    return _check_own_work(fn, cases, "my_conv_matrix",
                           "row r belongs to output pixel r (counted row by row, as ravel() does); it holds the "
                           "kernel's weights in the columns of the input pixels that output reads, 0 elsewhere",
-                          mistakes=mistakes)
+                          mistakes=mistakes, course_versions=("conv_matrix", "reference_conv_matrix"))
 
 
 def reference_receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> int:
@@ -778,7 +811,8 @@ def check_receptive_field(fn: Any) -> bool:
                 lambda ks, ss: 1 + sum(k - 1 for k in ks),
                 "each layer's own stride is counted too early: it only spaces the cells of the *next* layer":
                 lambda ks, ss: 1 + sum((k - 1) * int(np.prod(ss[:i + 1])) for i, k in enumerate(ks))}
-    return check_function(fn, cases, "my_receptive_field",
+    return _check_own_work(fn, cases, "my_receptive_field",
                           "each layer sees k neighbouring cells of the layer below, so it adds k - 1 steps; how many "
                           "input pixels apart are the cells of the layer below (what did the strides so far do)?",
-                          atol=0, mistakes=mistakes)
+                          atol=0, mistakes=mistakes, course_versions=("receptive_field", "reference_receptive_field",
+                                                                      "layer_receptive_fields"))

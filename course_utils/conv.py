@@ -39,7 +39,7 @@ KERNELS: dict[str, np.ndarray] = {
 
 
 def output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
-    """Output length along one axis: floor((n + 2 * padding - f) / stride) + 1.
+    """Output length along one axis of a convolution or pooling (lab 3, exercise 2, derives it).
 
     `n` is the input size, `f` the kernel (or pooling window) size. Raises a ValueError when the
     kernel does not fit into the padded input, instead of returning a size of zero or less.
@@ -210,11 +210,10 @@ def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int],
                     dilations: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """Receptive field and jump after each layer of a chain of convolutions (or poolings): [(r, j), ...].
 
-    A layer with kernel k, stride s and dilation d widens the receptive field by (k - 1) * d input-steps
-    of the layer before, each `jump` input pixels long: r_l = r_(l-1) + (k_l - 1) * d_l * j_(l-1), and
-    j_l = j_(l-1) * s_l, starting from r_0 = j_0 = 1 (one pixel). The jump is the distance, in input
-    pixels, between neighbouring cells of the layer's output. Branches that skip layers (residual
-    connections) add nothing: the longest path counts.
+    The receptive field r is how many input pixels (along one axis) one cell of the layer's output
+    depends on; the jump j is the distance, in input pixels, between neighbouring cells of that output.
+    Lab 3 (exercise 6) derives the rule; a dilation d spreads a kernel's k cells d steps apart.
+    Branches that skip layers (residual connections) add nothing: the longest path counts.
     """
     dilations = [1] * len(kernel_sizes) if dilations is None else list(dilations)
     if not len(kernel_sizes) == len(strides) == len(dilations):

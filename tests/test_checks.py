@@ -23,7 +23,30 @@ def my_output_size(n, f, padding, stride):
 
 
 def my_max_pool(image, size, stride):
-    return conv.max_pool2d_fast(image, size, stride)
+    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))[::stride, ::stride]  # [H', W', size, size]
+    return windows.max(axis=(2, 3))
+
+
+def my_conv2d(image, kernel):
+    windows = np.lib.stride_tricks.sliding_window_view(image, kernel.shape)  # [H', W', kh, kw]
+    return np.einsum("ijuv,uv->ij", windows, kernel)
+
+
+def my_conv_matrix(kernel, input_shape):
+    (h, w), (kh, kw) = input_shape, kernel.shape
+    m = np.zeros(((h - kh + 1) * (w - kw + 1), h * w))  # [H'W', HW]
+    for row in range(len(m)):
+        i, j = divmod(row, w - kw + 1)
+        for u in range(kh):
+            m[row, (i + u) * w + j:(i + u) * w + j + kw] = kernel[u]
+    return m
+
+
+def my_receptive_field(kernel_sizes, strides):
+    field, jump = 1, 1
+    for k, s in zip(kernel_sizes, strides):
+        field, jump = field + (k - 1) * jump, jump * s
+    return field
 
 
 # (checker, solution, wrong answer): the wrong answers are the mistakes students make.
@@ -43,12 +66,12 @@ CASES = {
     "dense_backward": (checks.check_dense_backward, checks.reference_dense_backward,
                        lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0))),
     "output_size": (checks.check_output_size, my_output_size, lambda n, f, p, s: (n + p - f) // s + 1),
-    "conv2d": (checks.check_conv2d, conv.conv2d, lambda im, k: conv.conv2d(im, k[::-1, ::-1])),  # true convolution
-    "max_pool": (checks.check_max_pool2d, my_max_pool, lambda im, size, stride: conv.max_pool2d(im, size, 1)),
+    "conv2d": (checks.check_conv2d, my_conv2d, lambda im, k: my_conv2d(im, k[::-1, ::-1])),  # true convolution
+    "max_pool": (checks.check_max_pool2d, my_max_pool, lambda im, size, stride: my_max_pool(im, size, 1)),
     "horizontal_edge": (checks.check_horizontal_edge_kernel, conv.KERNELS["sobel y"], conv.KERNELS["vertical edge"]),
-    "conv_matrix": (checks.check_conv_matrix, checks.reference_conv_matrix,
-                    lambda k, shape: conv.conv_matrix(np.asarray(k)[::-1, ::-1], shape)),  # flipped kernel
-    "receptive_field": (checks.check_receptive_field, checks.reference_receptive_field,
+    "conv_matrix": (checks.check_conv_matrix, my_conv_matrix,
+                    lambda k, shape: my_conv_matrix(np.asarray(k)[::-1, ::-1], shape)),  # flipped kernel
+    "receptive_field": (checks.check_receptive_field, my_receptive_field,
                         lambda ks, ss: 1 + sum(k - 1 for k in ks)),  # strides ignored
 }
 
@@ -92,6 +115,20 @@ def test_answer_only_on_request_and_never_on_the_first_failure(capsys):
     assert "[-1., -1., -1.]" in capsys.readouterr().out
     checks.solution("nonsense")
     assert "the exercises are:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("checker, borrowed", [
+    (checks.check_output_size, conv.output_size),
+    (checks.check_output_size, lambda n, f, p, s: conv.output_size(n, f, p, s)),
+    (checks.check_conv2d, conv.conv2d),
+    (checks.check_conv2d, lambda im, k: conv.conv2d_fast(im, k)),
+    (checks.check_max_pool2d, lambda im, size, stride: conv.max_pool2d(im, size, stride)),
+    (checks.check_conv_matrix, checks.reference_conv_matrix),
+    (checks.check_receptive_field, lambda ks, ss: conv.receptive_field(ks, ss)[-1][0]),
+])
+def test_an_answer_that_calls_the_course_version_is_refused(checker, borrowed, capsys):
+    assert checker(borrowed) is False
+    assert "write the computation yourself" in capsys.readouterr().out
 
 
 def test_quiet_checks_do_not_count_as_attempts(capsys):
