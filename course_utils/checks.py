@@ -425,7 +425,8 @@ _SLIDE_IMAGE = np.array([[1, 3, 1, 2], [6, 1, 5, 4], [5, 4, 2, 5], [3, 3, 1, 2]]
 @exercise("output_size", conv.output_size)
 def check_output_size(fn: Any) -> bool:
     """Exercise (lab 3): `output_size(n, f, padding, stride) -> int`, the slides' formula."""
-    params = [(4, 2, 0, 1), (4, 2, 1, 1), (4, 2, 1, 2), (7, 3, 0, 2), (6, 3, 0, 1), (5, 3, 0, 1), (32, 5, 2, 1), (224, 7, 3, 2), (10, 3, 0, 3)]
+    params = [(4, 2, 0, 1), (4, 2, 1, 1), (4, 2, 1, 2), (7, 3, 0, 2), (6, 3, 0, 1), (5, 3, 0, 1),
+              (32, 5, 2, 1), (224, 7, 3, 2), (10, 3, 0, 3)]
     cases = [(p, conv.output_size(*p)) for p in params]
     mistakes = {"the padding counts on one side only; it is added at both ends": lambda n, f, p, s: (n + p - f) // s + 1,
                 "the first position is not counted (+1)": lambda n, f, p, s: (n + 2 * p - f) // s,
