@@ -301,6 +301,53 @@ def check_pairwise_sq_distances(fn: Any) -> bool:
                           "input so that N and M land on different axes, then reduce over D", mistakes=mistakes)
 
 
+def reference_is_one(images: np.ndarray) -> np.ndarray:
+    """A hand-written rule for 8x8 digits [N, 8, 8] (0..16 ink): True where a 1, False where a 0.
+
+    A 1 is a stroke down the middle; a 0 is a ring around an empty middle. So: is there more ink in
+    the two central columns than in the columns either side of them (rows 2-5)?
+    """
+    centre = images[:, 2:6, 3:5].mean(axis=(1, 2))  # [N]
+    sides = images[:, 2:6, [1, 2, 5, 6]].mean(axis=(1, 2))  # [N]
+    return centre > sides  # [N]
+
+
+def _zeros_and_ones() -> tuple[np.ndarray, np.ndarray]:
+    """The scikit-learn digits that are a 0 or a 1: images [N, 8, 8] (0..16) and is-a-one labels [N]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target <= 1  # [1797]
+    return digits.images[keep], digits.target[keep] == 1
+
+
+@exercise("is_one", reference_is_one)
+def check_is_one(fn: Any) -> bool:
+    """Exercise (lab 1): a hand-written rule `is_one(images [N, 8, 8]) -> [N] bool`, right on 90% of the 0s and 1s."""
+    hint = ("look at a few zeros and ones (cu.plotting.show_pixel_values): where does a 1 have ink that a 0 has not, "
+            "and the other way round? Turn that into a comparison of pixel sums, for all images at once")
+    if not callable(fn):
+        return report(False, f"is_one: {NOT_SOLVED}", hint)
+    images, truth = _zeros_and_ones()
+    answer, error = _call(fn, [images.copy()])
+    if error:
+        return report(False, f"is_one: {error} (input: images {images.shape})", hint)
+    if answer is None:
+        return report(False, f"is_one: {NOT_SOLVED} (it returns None)", hint)
+    answer = _as_array(answer)
+    if answer.shape != truth.shape:
+        return report(False, f"is_one: shape {answer.shape}, expected {truth.shape}: one True/False per image", hint)
+    said_one = answer.astype(bool)  # [N]
+    right = float(np.mean(said_one == truth))
+    if said_one.all() or not said_one.any():
+        return report(False, f"is_one: it says {'1' if said_one.all() else '0'} for every image ({right:.0%} right)", hint)
+    if right < 0.1:
+        return report(False, f"is_one: right on only {right:.0%}: the rule is the wrong way round", hint)
+    ok = right >= 0.9
+    return report(ok, f"is_one: right on {right:.1%} of the {len(truth)} zeros and ones"
+                  + ("" if ok else ", below the 90% the exercise asks for"), hint)
+
+
 # ---------------------------------------------------------------------------------------------
 # Lab 2: forward and backward propagation
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +369,38 @@ def check_neuron_gradient(fn: Any) -> bool:
     return check_function(fn, cases, "neuron_gradient",
                           "follow the chain rule along the path w -> y_hat -> J, one factor per arrow",
                           mistakes=mistakes)
+
+
+def reference_perceptron_step(w: np.ndarray, x: np.ndarray, target: float, lr: float) -> np.ndarray:
+    """One perceptron update: w [D + 1] (the bias last), x [D], target 0 or 1 -> the new weights [D + 1].
+
+    Predict f = 1 if w . [x, 1] > 0 else 0, then w + lr (target - f) [x, 1]: no change when right.
+    """
+    x1 = np.append(x, 1.0)  # [D + 1]: the constant input that carries the bias
+    prediction = float(w @ x1 > 0)
+    return w + lr * (target - prediction) * x1  # [D + 1]
+
+
+@exercise("perceptron_step", reference_perceptron_step)
+def check_perceptron_step(fn: Any) -> bool:
+    """Exercise (lab 2): `perceptron_step(w [D+1], x [D], target, lr) -> new w [D+1]`, the bias last."""
+    w = np.array([0.5, -1.0, 0.25])  # [3]: two weights and the bias
+    inputs = [(np.array([2.0, 0.5]), 1.0),  # z = 0.75 > 0, predicted 1, right: no change
+              (np.array([2.0, 0.5]), 0.0),  # predicted 1, target 0: step down
+              (np.array([0.0, 1.0]), 1.0),  # z = -0.75, predicted 0, target 1: step up
+              (np.array([1.0, 0.75]), 1.0),  # z = 0 exactly: predicted 0 (only > 0 fires)
+              (np.array([0.0, 0.1]), 0.0)]  # z = 0.15 only thanks to the bias: predicted 1, target 0
+    cases = [((w, x, t, lr), reference_perceptron_step(w, x, t, lr))
+             for (x, t), lr in zip(inputs, (0.1, 0.1, 0.5, 1.0, 0.2))]
+    mistakes = {"the bias did not change: it is the weight on a constant input 1, so it is updated too":
+                lambda w, x, t, lr: np.append(reference_perceptron_step(w, x, t, lr)[:-1], w[-1]),
+                "the step fired at z = 0; the slides' perceptron outputs 1 only for z > 0":
+                lambda w, x, t, lr: w + lr * (t - float(w @ np.append(x, 1.0) >= 0)) * np.append(x, 1.0),
+                "the update has the wrong sign: a missed 1 (target 1, prediction 0) must move w towards x":
+                lambda w, x, t, lr: 2 * w - reference_perceptron_step(w, x, t, lr)}
+    return check_function(fn, cases, "perceptron_step",
+                          "append the constant 1 to x, predict with the step, then move w by the error "
+                          "(target - prediction) times the learning rate times the extended x", mistakes=mistakes)
 
 
 def reference_relu_backward(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
@@ -361,6 +440,35 @@ def check_softmax_cross_entropy_grad(fn: Any) -> bool:
                           "each row: the probabilities, with 1 taken away at the true class; exp(1000) overflows "
                           "unless you shift the logits first (softmax does not change under a shift)",
                           mistakes=mistakes)
+
+
+def reference_kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) = sum_k p_k log(p_k / q_k) per row of p, q [N, K] (probabilities), natural log -> [N].
+
+    A term with p_k = 0 counts 0 (the limit of p log p), even where q_k is 0 too.
+    """
+    ratio = np.where(p > 0, p / np.where(p > 0, q, 1.0), 1.0)  # [N, K], 1 where p = 0 (log 1 = 0)
+    return (p * np.log(ratio)).sum(axis=1)  # [N]
+
+
+@exercise("kl_divergence", reference_kl_divergence)
+def check_kl_divergence(fn: Any) -> bool:
+    """Exercise (lab 2): `kl_divergence(p [N, K], q [N, K]) -> [N]`, KL(p || q) per row, 0 log 0 = 0."""
+    def rows(seed: int, n: int, k: int) -> np.ndarray:
+        e = np.exp(_rng(seed).normal(size=(n, k)))  # [n, k]
+        return e / e.sum(axis=1, keepdims=True)  # [n, k], rows sum to 1
+    one_hot = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # [2, 3]: p with zeros
+    pairs = [(rows(0, 4, 5), rows(1, 4, 5)), (one_hot, rows(2, 2, 3)), (rows(3, 3, 3), rows(3, 3, 3))]
+    cases = [((p, q), reference_kl_divergence(p, q)) for p, q in pairs]
+    mistakes = {"p and q are swapped: that is KL(q || p), and KL is not symmetric":
+                lambda p, q: reference_kl_divergence(q, p),
+                "the sign is flipped: KL(p || q) = sum p log(p / q) is never negative":
+                lambda p, q: -reference_kl_divergence(p, q),
+                "that is the mean over the K classes, not the sum":
+                lambda p, q: reference_kl_divergence(p, q) / p.shape[1]}
+    return check_function(fn, cases, "kl_divergence",
+                          "one sum per row of p times the log of the ratio p / q; where p is 0 the term is 0 "
+                          "(the limit of p log p), so keep log(0) out of those entries (np.where)", mistakes=mistakes)
 
 
 def reference_dense_backward(x: np.ndarray, w: np.ndarray, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

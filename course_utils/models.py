@@ -1,5 +1,7 @@
 """The networks the labs train: the slides' CIFAR-10 `Net`, better small CNNs, a speed-run net.
 
+Lab 2 builds `sigmoid_boxes` by hand (no training): the universal approximation construction.
+
 Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one change at a time:
 `BetterNet` adds width, BatchNorm, optional dropout and residual blocks; `SpeedRunNet` follows
 the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
@@ -10,9 +12,38 @@ below.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# --- Lab 2: a network built by hand ---
+
+
+def sigmoid_boxes(edges: Sequence[float], heights: Sequence[float], steepness: float) -> nn.Sequential:
+    """A one-hidden-layer sigmoid network, weights set by hand, that draws one box per interval.
+
+    Box i covers [edges[i], edges[i + 1]] at height heights[i]: it is the difference of two steep
+    sigmoids, heights[i] * (sigmoid(k (x - edges[i])) - sigmoid(k (x - edges[i + 1]))), with k =
+    `steepness`. So the network is Linear(1, 2n) -> Sigmoid -> Linear(2n, 1) for n boxes, the
+    construction behind the universal approximation theorem (lab 2). Input [B, 1], output [B, 1].
+    """
+    edges_t = torch.as_tensor(edges, dtype=torch.float64)  # [n + 1]
+    heights_t = torch.as_tensor(heights, dtype=torch.float64)  # [n]
+    if edges_t.ndim != 1 or heights_t.ndim != 1 or len(edges_t) != len(heights_t) + 1:
+        raise ValueError(f"sigmoid_boxes needs one more edge than heights (n boxes: n + 1 edges); got "
+                         f"{len(edges_t)} edges and {len(heights_t)} heights")
+    n = len(heights_t)
+    hidden, output = nn.Linear(1, 2 * n, dtype=torch.float64), nn.Linear(2 * n, 1, dtype=torch.float64)
+    with torch.no_grad():
+        steps_at = torch.stack([edges_t[:-1], edges_t[1:]], dim=1).flatten()  # [2n]: left, right edge of each box
+        hidden.weight.fill_(steepness)  # [2n, 1]
+        hidden.bias.copy_(-steepness * steps_at)  # unit j: sigmoid(k (x - steps_at[j]))
+        output.weight.copy_(torch.stack([heights_t, -heights_t], dim=1).flatten()[None])  # [1, 2n]: up, then down
+        output.bias.zero_()
+    return nn.Sequential(hidden, nn.Sigmoid(), output)
+
 
 # --- Lab 4: classifiers ---
 

@@ -35,6 +35,11 @@ CASES = {
     "dense_params": (checks.check_dense_params, checks.reference_dense_params, lambda h, w, c, n: h * w * c * n),
     "pairwise": (checks.check_pairwise_sq_distances, checks.reference_pairwise_sq_distances,
                  lambda a, b: np.sqrt(checks.reference_pairwise_sq_distances(a, b))),
+    "is_one": (checks.check_is_one, checks.reference_is_one, lambda im: ~checks.reference_is_one(im)),  # reversed
+    "is_one_weak": (checks.check_is_one, checks.reference_is_one, lambda im: im[:, :, :4].sum(axis=(1, 2)) > 60),
+    "perceptron": (checks.check_perceptron_step, checks.reference_perceptron_step,
+                   lambda w, x, t, lr: w + lr * (t - float(w[:-1] @ x > 0)) * np.append(x, 1.0)),  # bias left out of z
+    "kl": (checks.check_kl_divergence, checks.reference_kl_divergence, lambda p, q: (p * np.log(p / q)).sum(axis=1)),
     "neuron": (checks.check_neuron_gradient, checks.reference_neuron_gradient,
                lambda x, y, w, b: (2 * (y - w * x - b) * x, 2 * (y - w * x - b))),
     "relu": (checks.check_relu_backward, checks.reference_relu_backward, lambda x, g: g * (x >= 0)),
@@ -110,6 +115,13 @@ def test_every_checker_is_registered_with_a_reference():
     (checks.check_output_size, lambda n, f, p, s: (n + p - f) // s + 1, "one side only"),
     (checks.check_relu_backward, lambda x, g: g * (x >= 0), "exactly x = 0"),
     (checks.check_dense_backward, lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0)), "sums"),
+    (checks.check_is_one, lambda im: ~checks.reference_is_one(im), "wrong way round"),
+    (checks.check_is_one, lambda im: np.ones(len(im), bool), "for every image"),
+    (checks.check_perceptron_step, lambda w, x, t, lr: np.append(checks.reference_perceptron_step(w, x, t, lr)[:-1], w[-1]),
+     "bias did not change"),
+    (checks.check_perceptron_step, lambda w, x, t, lr: w + lr * (t - float(w @ np.append(x, 1.0) >= 0)) * np.append(x, 1.0),
+     "z = 0"),
+    (checks.check_kl_divergence, lambda p, q: checks.reference_kl_divergence(q, p), "swapped"),
 ])
 def test_known_mistakes_are_named(checker, wrong, says, capsys):
     assert not checker(wrong)
