@@ -447,8 +447,9 @@ def reference_kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
     A term with p_k = 0 counts 0 (the limit of p log p), even where q_k is 0 too.
     """
-    ratio = np.where(p > 0, p / np.where(p > 0, q, 1.0), 1.0)  # [N, K], 1 where p = 0 (log 1 = 0)
-    return (p * np.log(ratio)).sum(axis=1)  # [N]
+    with np.errstate(divide="ignore"):  # q = 0 where p > 0: KL is infinite, and says so
+        ratio = np.where(p > 0, p / np.where(p > 0, q, 1.0), 1.0)  # [N, K], 1 where p = 0 (log 1 = 0)
+        return (p * np.log(ratio)).sum(axis=1)  # [N]
 
 
 @exercise("kl_divergence", reference_kl_divergence)
