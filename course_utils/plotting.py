@@ -432,7 +432,7 @@ def plot_loss_surface(loss_grid, w_range: tuple[float, float], b_range: tuple[fl
         ax.plot(*path[-1], "X", color=colour, markersize=10, markeredgecolor="black")
     ax.set(xlabel="w", ylabel="b", title=title, xlim=w_range, ylim=b_range)
     if paths:
-        ax.legend(fontsize="small", loc="upper right", framealpha=0.8)
+        ax.legend(fontsize="small", loc="lower left", framealpha=0.8)
     fig.tight_layout()
     return fig
 
@@ -452,10 +452,12 @@ def plot_decision_boundaries(predictors: dict, points, labels, resolution: int =
     fig, axes = _figure(1, len(predictors), (4.6, 4.0))
     for ax, (name, predict) in zip(axes[0], predictors.items()):
         probs = np.asarray(predict(grid), dtype=float).reshape(g0.shape)  # [R, R]
-        filled = ax.contourf(g0, g1, probs, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.8)
+        filled = ax.contourf(g0, g1, probs, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
         ax.contour(g0, g1, probs, levels=[0.5], colors="black", linewidths=2)
-        ax.scatter(*points[labels == 0].T, s=12, c="tab:blue", edgecolors="white", linewidths=0.4, label="class 0")
-        ax.scatter(*points[labels == 1].T, s=12, c="tab:red", edgecolors="white", linewidths=0.4, label="class 1")
+        ax.scatter(*points[labels == 0].T, s=22, marker="o", c="tab:blue", edgecolors="black", linewidths=0.6,
+                   label="class 0")
+        ax.scatter(*points[labels == 1].T, s=26, marker="^", c="tab:red", edgecolors="black", linewidths=0.6,
+                   label="class 1")
         ax.set(title=name, xlabel="$x_1$", ylabel="$x_2$")
     axes[0, 0].legend(fontsize="small", loc="lower left")
     fig.tight_layout()
