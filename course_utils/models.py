@@ -5,7 +5,8 @@ Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one chan
 the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
 scale, GELU, scaled-down logits) and `whitening_weights`, which sets its first layer; the
 recipe that trains it fast is `cu.train.train_speedrun`. Labs 5-6 append their autoencoders
-below.
+below; lab 2 appends `layer_statistics`, the signal's size through a deep stack under a given
+initialisation.
 """
 
 from __future__ import annotations

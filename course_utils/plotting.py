@@ -4,7 +4,8 @@ Images may be PyTorch tensors or NumPy arrays, a batch [N, 3, H, W], [N, 1, H, W
 or [N, H, W, 3], values in [0, 1] (floats), 0..255 (uint8), or anything else (e.g. normalised
 images: rescaled to [0, 1] per image for display). For one image pass `image[None]`.
 
-Sections: style | image conversion | images | training | inside a CNN | anomaly detection.
+Sections: style | image conversion | images | training | inside a CNN | anomaly detection |
+lab 2: initialisation, loss surfaces, decision boundaries.
 Labs that need a new figure append a function in a new section at the end of the file.
 """
 

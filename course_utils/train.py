@@ -18,7 +18,8 @@ that (`cu.device.world_size()`).
 
 Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
 learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
-is updated every few steps; `flip_tta` evaluates with test-time flips.
+is updated every few steps; `flip_tta` evaluates with test-time flips. Lab 2's `optimizer_path`
+records where a `torch.optim` optimiser takes a few parameters, to draw on a loss surface.
 """
 
 from __future__ import annotations
