@@ -845,3 +845,105 @@ for _name, _reference in [("train_step", reference_train_step), ("smooth_labels"
                           ("patch_scores", reference_patch_scores), ("farthest_points", reference_farthest_points),
                           ("mahalanobis", reference_mahalanobis)]:
     _register(_name, f"check_{_name}", _reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 2, part 2: weight decay and initialisation
+# ---------------------------------------------------------------------------------------------
+
+def _adam_step(params: dict, grads: dict, state: dict, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+               eps: float = 1e-8) -> None:
+    """One Adam step in place on a dict of NumPy arrays (lab 2's `adam_update`, state keys "t", "k.m", "k.v")."""
+    state["t"] = t = state.get("t", 0) + 1
+    for k in params:
+        m = state[k + ".m"] = beta1 * state.get(k + ".m", 0.0) + (1 - beta1) * grads[k]
+        v = state[k + ".v"] = beta2 * state.get(k + ".v", 0.0) + (1 - beta2) * grads[k] ** 2
+        params[k] -= lr * (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+
+
+def reference_adamw_update(params: dict, grads: dict, state: dict, lr: float, weight_decay: float = 0.01) -> None:
+    """AdamW (decoupled weight decay), in place: shrink every weight by (1 - lr * weight_decay), then Adam."""
+    for k in params:
+        params[k] *= 1 - lr * weight_decay  # the decay does not go through Adam's normalisation
+    _adam_step(params, grads, state, lr)
+
+
+def _run_optimizer(update: Callable, start: dict, steps: list[dict], lr: float, weight_decay: float) -> tuple:
+    """The parameters (a tuple of arrays, sorted by name) after `update` took every step of `steps`."""
+    params, state = {k: v.copy() for k, v in start.items()}, {}
+    for grads in steps:
+        update(params, {k: g.copy() for k, g in grads.items()}, state, lr, weight_decay)
+    return tuple(params[k] for k in sorted(params))
+
+
+def _torch_adamw(start: dict, steps: list[dict], lr: float, weight_decay: float) -> tuple:
+    """The same steps taken by `torch.optim.AdamW` (float64): what the exercise must reproduce."""
+    import torch
+
+    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in start.items()}
+    optimizer = torch.optim.AdamW(list(tensors.values()), lr=lr, weight_decay=weight_decay)
+    for grads in steps:
+        for k, t in tensors.items():
+            t.grad = torch.tensor(grads[k], dtype=torch.float64)
+        optimizer.step()
+    return tuple(tensors[k].numpy() for k in sorted(tensors))
+
+
+_ADAMW_MISTAKES = {
+    "this is Adam with L2 (weight_decay * w added to the gradient, then normalised), not decoupled decay":
+        lambda p, g, s, lr, wd: _adam_step(p, {k: g[k] + wd * p[k] for k in p}, s, lr),
+    "your decay does not scale with the learning rate (in AdamW it does)":
+        lambda p, g, s, lr, wd: (p.update({k: p[k] * (1 - wd) for k in p}), _adam_step(p, g, s, lr)),
+    "the weights are decayed after the Adam step; AdamW decays the old weights, before it":
+        lambda p, g, s, lr, wd: (_adam_step(p, g, s, lr), p.update({k: p[k] * (1 - lr * wd) for k in p})),
+    "there is no weight decay in your update (plain Adam)": lambda p, g, s, lr, wd: _adam_step(p, g, s, lr),
+}
+
+
+@exercise("adamw_update", reference_adamw_update)
+def check_adamw_update(fn: Any) -> bool:
+    """Exercise (lab 2): `adamw_update(params, grads, state, lr, weight_decay)` changes `params` in place.
+
+    Three steps on two arrays, compared with `torch.optim.AdamW` on the same gradients.
+    """
+    name, hint = "adamw_update", ("AdamW shrinks each weight by a factor that uses the learning rate and the decay, "
+                                  "directly, and leaves the gradient that Adam normalises untouched")
+    if not callable(fn):
+        return report(False, f"{name}: {NOT_SOLVED}", hint)
+    rng = _rng(0)
+    start = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
+    steps = [{k: rng.normal(size=v.shape) * scale for k, v in start.items()} for scale in (1.0, 0.01, 3.0)]
+    lr, weight_decay = 0.1, 0.5
+    expected = _torch_adamw(start, steps, lr, weight_decay)
+    try:
+        answer = _run_optimizer(fn, start, steps, lr, weight_decay)
+    except Exception as error:
+        return report(False, f"{name}: it raised {type(error).__name__}: {error}", hint)
+    if all(np.array_equal(a, start[k]) for a, k in zip(answer, sorted(start))):
+        return report(False, f"{name}: {NOT_SOLVED} (the parameters did not change: update them in place)", hint)
+    found = problem(answer, expected, atol=1e-9)
+    if found:
+        known = [what for what, wrong in _ADAMW_MISTAKES.items()
+                 if problem(answer, _run_optimizer(wrong, start, steps, lr, weight_decay), atol=1e-9) is None]
+        return report(False, f"{name}: {known[0] if known else found} (after 3 steps, lr {lr}, weight_decay "
+                      f"{weight_decay}, compared with torch.optim.AdamW)", hint)
+    return report(True, f"{name}: matches torch.optim.AdamW over 3 steps")
+
+
+def reference_leaky_relu_std(n_in: int, slope: float) -> float:
+    """The weight std that keeps E[x^2] through Linear(n_in, .) + leaky ReLU with negative slope `slope`."""
+    return float(np.sqrt(2.0 / ((1.0 + slope ** 2) * n_in)))
+
+
+@exercise("leaky_relu_std", reference_leaky_relu_std)
+def check_leaky_relu_std(fn: Any) -> bool:
+    """Exercise (lab 2): `leaky_relu_std(n_in, slope) -> sigma`; slope 0 is He's, slope 1 the linear layer's."""
+    cases = [((n, a), reference_leaky_relu_std(n, a)) for n, a in [(100, 0.2), (64, 0.01), (256, 1.0), (10, 0.0)]]
+    mistakes = {"the negative side is ignored (that is He's ReLU value)": lambda n, a: float(np.sqrt(2.0 / n)),
+                "the slope must be squared: it scales z, so it scales z^2 by slope^2":
+                    lambda n, a: float(np.sqrt(2.0 / ((1.0 + a) * n))),
+                "that is the variance; the function returns the standard deviation":
+                    lambda n, a: 2.0 / ((1.0 + a ** 2) * n)}
+    return check_function(fn, cases, "leaky_relu_std",
+                          "for z symmetric around 0, half of E[z^2] comes from z > 0 (kept) and half from z < 0 "
+                          "(multiplied by the slope): what fraction of E[z^2] survives?", atol=1e-9, mistakes=mistakes)

@@ -7,7 +7,8 @@ Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one chan
 the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
 scale, GELU, scaled-down logits) and `whitening_weights`, which sets its first layer; the
 recipe that trains it fast is `cu.train.train_speedrun`. Labs 5-6 append their autoencoders
-below.
+below; lab 2 appends `layer_statistics`, the signal's size through a deep stack under a given
+initialisation.
 """
 
 from __future__ import annotations
@@ -342,3 +343,35 @@ class MultiLayerFeatures(nn.Module):
         feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
         return patch_embedding([feats[name] for name in self.layers], self.pool, self.strides, self.offsets,
                                self.layers.index(self.scale_to), self.align)  # [B, C_total, h, w]
+
+
+# --- Lab 2: initialisation ---
+
+
+def layer_statistics(depth: int, width: int, std: float, activation=torch.relu, batch: int = 512,
+                     seed: int = 0) -> dict[str, list[float]]:
+    """Standard deviation of the activations and of the gradients at every layer of a deep stack.
+
+    Builds `depth` bias-free `Linear(width, width)` layers with weights drawn from N(0, std^2), each
+    followed by `activation`, feeds a standard-normal batch [batch, width] forwards and backpropagates
+    a fixed random read-out of the last layer's outputs (so the gradient arriving at the top has std 1,
+    independent across examples, whatever the activations' size). Returns `{"activation": [depth],
+    "gradient": [depth]}`: the std of each layer's output and of dLoss/d(that output), first layer
+    first, in float64 (the extremes of a bad initialisation underflow float32). Same architecture and
+    parameter count for every `std`: only the initial scale differs.
+    """
+    if depth < 1 or width < 1 or std <= 0:
+        raise ValueError(f"layer_statistics needs depth >= 1, width >= 1 and std > 0, got {depth}, {width}, {std}.")
+    generator = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(width, width, generator=generator, dtype=torch.float64) * std
+               for _ in range(depth)]  # depth x [width, width]
+    h = torch.randn(batch, width, generator=generator, dtype=torch.float64, requires_grad=True)  # [batch, width]
+    outputs = []
+    for w in weights:
+        h = activation(h @ w.T)  # [batch, width]
+        h.retain_grad()
+        outputs.append(h)
+    readout = torch.randn(batch, width, generator=generator, dtype=torch.float64)  # [batch, width]
+    (h * readout).sum().backward()  # dLoss/d(last output) = readout: std 1, independent across examples
+    return {"activation": [out.std().item() for out in outputs],
+            "gradient": [out.grad.std().item() for out in outputs]}

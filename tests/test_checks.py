@@ -170,3 +170,40 @@ def test_solved_or_reference_picks_the_right_one(capsys):
     assert checks.solved_or_reference(4_500_100, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(4_500_000, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(mine, reference, "relu_backward") is reference  # functions need a check
+
+
+# Lab 2, part 2 (weight decay, initialisation): (checker, solution, wrong answer).
+def _adamw_coupled(params, grads, state, lr, weight_decay):  # Adam(weight_decay=...): L2 through the normalisation
+    checks._adam_step(params, {k: grads[k] + weight_decay * params[k] for k in params}, state, lr)
+
+
+CASES_LAB2_PART2 = {
+    "adamw": (checks.check_adamw_update, checks.reference_adamw_update, _adamw_coupled),
+    "leaky_relu_std": (checks.check_leaky_relu_std, checks.reference_leaky_relu_std, lambda n, a: (2 / n) ** 0.5),
+}
+
+
+@pytest.mark.parametrize("name", CASES_LAB2_PART2)
+def test_lab2_part2_checkers(name, capsys):
+    checker, solution, wrong = CASES_LAB2_PART2[name]
+    assert checker(solution) is True and "✅" in capsys.readouterr().out
+    for not_solved in (None, stub):
+        assert checker(not_solved) is False and checks.NOT_SOLVED in capsys.readouterr().out
+    assert checker(crashes) is False and "IndexError" in capsys.readouterr().out
+    assert checker(wrong) is False
+    out = capsys.readouterr().out
+    assert "❌" in out and "hint:" in out
+
+
+def test_adamw_reference_is_torch_adamw_and_not_adam_with_l2():
+    rng = np.random.default_rng(3)
+    start, steps = {"w": rng.normal(size=4)}, [{"w": rng.normal(size=4)} for _ in range(2)]
+    ours = checks._run_optimizer(checks.reference_adamw_update, start, steps, 0.05, 0.3)
+    assert np.allclose(ours, checks._torch_adamw(start, steps, 0.05, 0.3))
+    w = torch.tensor(start["w"], requires_grad=True)
+    adam_l2 = torch.optim.Adam([w], lr=0.05, weight_decay=0.3)
+    for grads in steps:
+        w.grad = torch.tensor(grads["w"])
+        adam_l2.step()
+    assert np.allclose(checks._run_optimizer(_adamw_coupled, start, steps, 0.05, 0.3)[0], w.detach().numpy())
+    assert not np.allclose(ours[0], w.detach().numpy())

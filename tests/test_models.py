@@ -88,3 +88,21 @@ def test_sigmoid_boxes_draws_boxes_with_one_hidden_layer():
     assert errors[0] > errors[1] > errors[2]
     with pytest.raises(ValueError, match="one more edge"):
         models.sigmoid_boxes([0.0, 1.0], [1.0, 2.0], steepness=10.0)
+
+
+# --- Lab 2: initialisation ---
+
+
+def test_layer_statistics_he_keeps_the_size_and_too_small_vanishes() -> None:
+    depth, width = 12, 64
+    he = models.layer_statistics(depth, width, (2 / width) ** 0.5, torch.relu, batch=256)
+    small = models.layer_statistics(depth, width, 0.01, torch.relu, batch=256)
+    assert len(he["activation"]) == len(he["gradient"]) == depth
+    assert 0.3 < he["activation"][-1] < 3 and 0.3 < he["gradient"][0] < 3  # He: the size survives 12 layers
+    assert small["activation"][-1] < 1e-9 and small["gradient"][0] < 1e-9  # too small: both vanish
+    assert abs(he["gradient"][-1] - 1) < 0.1  # the read-out's gradient has std 1 at the top
+
+
+def test_layer_statistics_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="std > 0"):
+        models.layer_statistics(3, 8, 0.0)
