@@ -312,23 +312,30 @@ def reference_is_one(images: np.ndarray) -> np.ndarray:
     return centre > sides  # [N]
 
 
-def _zeros_and_ones() -> tuple[np.ndarray, np.ndarray]:
-    """The scikit-learn digits that are a 0 or a 1: images [N, 8, 8] (0..16) and is-a-one labels [N]."""
+def zeros_and_ones() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lab 1's hand-rule data: the scikit-learn 0s and 1s, split in half (stratified, `random_state=0`).
+
+    Returns `(train_images [180, 8, 8], test_images [180, 8, 8], train_is_one [180], test_is_one [180])`,
+    ink 0..16 and boolean labels (True for a 1). The hand-written rule is designed and checked on the
+    training half only; both rules are scored on the held-out half.
+    """
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     keep = digits.target <= 1  # [1797]
-    return digits.images[keep], digits.target[keep] == 1
+    images, is_one = digits.images[keep], digits.target[keep] == 1  # [360, 8, 8], [360]
+    return tuple(train_test_split(images, is_one, test_size=0.5, random_state=0, stratify=is_one))
 
 
 @exercise("is_one", reference_is_one)
 def check_is_one(fn: Any) -> bool:
-    """Exercise (lab 1): a hand-written rule `is_one(images [N, 8, 8]) -> [N] bool`, right on 90% of the 0s and 1s."""
+    """Exercise (lab 1): a hand-written rule `is_one(images [N, 8, 8]) -> [N] bool`, right on 90% of the training 0s and 1s."""
     hint = ("look at a few zeros and ones (cu.plotting.show_pixel_values): where does a 1 have ink that a 0 has not, "
             "and the other way round? Turn that into a comparison of pixel sums, for all images at once")
     if not callable(fn):
         return report(False, f"is_one: {NOT_SOLVED}", hint)
-    images, truth = _zeros_and_ones()
+    images, _, truth, _ = zeros_and_ones()  # the training half: the test half stays unseen
     answer, error = _call(fn, [images.copy()])
     if error:
         return report(False, f"is_one: {error} (input: images {images.shape})", hint)
@@ -344,7 +351,7 @@ def check_is_one(fn: Any) -> bool:
     if right < 0.1:
         return report(False, f"is_one: right on only {right:.0%}: the rule is the wrong way round", hint)
     ok = right >= 0.9
-    return report(ok, f"is_one: right on {right:.1%} of the {len(truth)} zeros and ones"
+    return report(ok, f"is_one: right on {right:.1%} of the {len(truth)} training zeros and ones"
                   + ("" if ok else ", below the 90% the exercise asks for"), hint)
 
 

@@ -413,7 +413,8 @@ def plot_loss_surface(loss_grid, w_range: tuple[float, float], b_range: tuple[fl
     `loss_grid(W, B)` evaluates the loss on arrays of w and b values (same shape) and returns an array of
     that shape; `paths` maps a label to positions [T, 2] (columns w, b), e.g. from
     `cu.train.optimizer_path`: a circle marks the start, a cross the end. Colour is the loss (log scale
-    when `log`), with a colour bar. Parts of a path outside the ranges are clipped by the axes.
+    when `log`), with a colour bar. Parts of a path outside the ranges are clipped by the axes; a path
+    that ends outside them says so, with its end point, in the legend.
     """
     w = np.linspace(*w_range, resolution)  # [R]
     b = np.linspace(*b_range, resolution)  # [R]
@@ -425,10 +426,12 @@ def plot_loss_surface(loss_grid, w_range: tuple[float, float], b_range: tuple[fl
     filled = ax.contourf(W, B, shown, levels=30, cmap="viridis")
     ax.contour(W, B, shown, levels=15, colors="white", linewidths=0.4, alpha=0.5)
     fig.colorbar(filled, ax=ax, label="log10 J(w, b)" if log else "J(w, b)")
-    for (label, path), colour in zip((paths or {}).items(), ("tab:red", "tab:orange", "white", "tab:cyan", "tab:pink")):
+    for (label, path), colour in zip((paths or {}).items(), ("tab:red", "tab:orange", "magenta", "tab:cyan", "tab:pink")):
         path = np.asarray(path)  # [T, 2]
+        inside = w_range[0] <= path[-1, 0] <= w_range[1] and b_range[0] <= path[-1, 1] <= b_range[1]
+        where = "" if inside else f", ends off the plot at ({path[-1, 0]:.3g}, {path[-1, 1]:.3g})"
         ax.plot(path[:, 0], path[:, 1], color=colour, linewidth=1.5, marker=".", markersize=3,
-                label=f"{label} ({len(path) - 1} steps)")
+                label=f"{label} ({len(path) - 1} steps{where})")
         ax.plot(*path[0], "o", color=colour, markersize=8, markeredgecolor="black")
         ax.plot(*path[-1], "X", color=colour, markersize=10, markeredgecolor="black")
     ax.set(xlabel="w", ylabel="b", title=title, xlim=w_range, ylim=b_range)

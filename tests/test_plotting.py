@@ -179,6 +179,10 @@ def test_lab2_part2_figures_have_their_panels():
     ax = fig.axes[0]
     assert len(fig.axes) == 2 and ax.get_xlabel() == "w" and ax.get_ylabel() == "b"  # the surface and its colour bar
     assert np.allclose(ax.lines[0].get_xydata(), path) and "2 steps" in ax.get_legend().get_texts()[0].get_text()
+    away = np.array([[0.0, 0.0], [3.0, 0.5]])  # [2, 2]: ends right of w = 2
+    fig = p.plot_loss_surface(lambda w, b: w ** 2 + b ** 2, (-1, 2), (-1, 1), {"in": path, "out": away}, resolution=20)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "off the plot" not in texts[0] and "ends off the plot at (3, 0.5)" in texts[1]
 
     points = np.random.default_rng(0).normal(size=(30, 2))  # [30, 2]
     labels = (points[:, 0] > 0).astype(int)  # [30]
