@@ -114,7 +114,7 @@ def paired_accuracy_difference_interval(correct_a: ArrayLike, correct_b: ArrayLi
     diff = only_a - only_b
     z = NormalDist().inv_cdf(0.5 + level / 2)  # 1.96 for level 0.95
     half = z * math.sqrt((only_a + only_b - diff ** 2) / n)
-    return float(diff - half), float(diff + half)
+    return max(float(diff - half), -1.0), min(float(diff + half), 1.0)  # a difference lies in [-1, 1]
 
 
 def compare_paired_accuracies(correct_a: ArrayLike, correct_b: ArrayLike, level: float = 0.95) -> str:
