@@ -207,3 +207,11 @@ def test_adamw_reference_is_torch_adamw_and_not_adam_with_l2():
         adam_l2.step()
     assert np.allclose(checks._run_optimizer(_adamw_coupled, start, steps, 0.05, 0.3)[0], w.detach().numpy())
     assert not np.allclose(ours[0], w.detach().numpy())
+
+
+def test_zeros_and_ones_splits_the_hand_rule_digits_in_two_disjoint_halves():
+    train_images, test_images, train_labels, test_labels = checks.zeros_and_ones()
+    assert train_images.shape == test_images.shape == (180, 8, 8) and train_labels.dtype == bool
+    assert abs(train_labels.mean() - test_labels.mean()) < 0.02  # stratified: about as many ones in each half
+    train_rows = {image.tobytes() for image in train_images}
+    assert not any(image.tobytes() in train_rows for image in test_images)  # no test digit is a training digit
