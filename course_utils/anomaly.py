@@ -374,6 +374,21 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
     return distances, torch.cat([f.indices for f in found])  # [Q, k], [Q, k]
 
 
+def distance_contrast(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Nearest over farthest Euclidean distance from each query [Q, D] to the points [N, D], as [Q].
+
+    Near 0: a query's nearest point is much closer than its farthest, so "nearest" singles something
+    out. Near 1: every point is about as far away as every other, and nearest-neighbour methods lose
+    their footing (the curse of dimensionality, lab 1). Keep the queries out of `points`, or the
+    nearest distance is 0.
+    """
+    if queries.ndim != 2 or points.ndim != 2 or queries.shape[1] != points.shape[1]:
+        raise ValueError(f"distance_contrast needs queries [Q, D] and points [N, D] with the same D; got "
+                         f"{tuple(queries.shape)} and {tuple(points.shape)}: flatten each example into one row")
+    dist = squared_distances(queries, points).sqrt()  # [Q, N]
+    return dist.min(dim=1).values / dist.max(dim=1).values  # [Q]
+
+
 def random_projection(x: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     """Project x [N, D] to [N, dim] with a random Gaussian matrix (scaled so lengths are kept).
 

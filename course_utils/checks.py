@@ -333,6 +333,60 @@ def check_pairwise_sq_distances(fn: Any) -> bool:
                           "input so that N and M land on different axes, then reduce over D", mistakes=mistakes)
 
 
+def reference_is_one(images: np.ndarray) -> np.ndarray:
+    """A hand-written rule for 8x8 digits [N, 8, 8] (0..16 ink): True where a 1, False where a 0.
+
+    A 1 is a stroke down the middle; a 0 is a ring around an empty middle. So: is there more ink in
+    the two central columns than in the columns either side of them (rows 2-5)?
+    """
+    centre = images[:, 2:6, 3:5].mean(axis=(1, 2))  # [N]
+    sides = images[:, 2:6, [1, 2, 5, 6]].mean(axis=(1, 2))  # [N]
+    return centre > sides  # [N]
+
+
+def zeros_and_ones() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lab 1's hand-rule data: the scikit-learn 0s and 1s, split in half (stratified, `random_state=0`).
+
+    Returns `(train_images [180, 8, 8], test_images [180, 8, 8], train_is_one [180], test_is_one [180])`,
+    ink 0..16 and boolean labels (True for a 1). The hand-written rule is designed and checked on the
+    training half only; both rules are scored on the held-out half.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    keep = digits.target <= 1  # [1797]
+    images, is_one = digits.images[keep], digits.target[keep] == 1  # [360, 8, 8], [360]
+    return tuple(train_test_split(images, is_one, test_size=0.5, random_state=0, stratify=is_one))
+
+
+@exercise("is_one", reference_is_one)
+def check_is_one(fn: Any) -> bool:
+    """Exercise (lab 1): a hand-written rule `is_one(images [N, 8, 8]) -> [N] bool`, right on 90% of the training 0s and 1s."""
+    hint = ("look at a few zeros and ones (cu.plotting.show_pixel_values): where does a 1 have ink that a 0 has not, "
+            "and the other way round? Turn that into a comparison of pixel sums, for all images at once")
+    if not callable(fn):
+        return report(False, f"is_one: {NOT_SOLVED}", hint)
+    images, _, truth, _ = zeros_and_ones()  # the training half: the test half stays unseen
+    answer, error = _call(fn, [images.copy()])
+    if error:
+        return report(False, f"is_one: {error} (input: images {images.shape})", hint)
+    if answer is None:
+        return report(False, f"is_one: {NOT_SOLVED} (it returns None)", hint)
+    answer = _as_array(answer)
+    if answer.shape != truth.shape:
+        return report(False, f"is_one: shape {answer.shape}, expected {truth.shape}: one True/False per image", hint)
+    said_one = answer.astype(bool)  # [N]
+    right = float(np.mean(said_one == truth))
+    if said_one.all() or not said_one.any():
+        return report(False, f"is_one: it says {'1' if said_one.all() else '0'} for every image ({right:.0%} right)", hint)
+    if right < 0.1:
+        return report(False, f"is_one: right on only {right:.0%}: the rule is the wrong way round", hint)
+    ok = right >= 0.9
+    return report(ok, f"is_one: right on {right:.1%} of the {len(truth)} training zeros and ones"
+                  + ("" if ok else ", below the 90% the exercise asks for"), hint)
+
+
 # ---------------------------------------------------------------------------------------------
 # Lab 2: forward and backward propagation
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +408,38 @@ def check_neuron_gradient(fn: Any) -> bool:
     return check_function(fn, cases, "neuron_gradient",
                           "follow the chain rule along the path w -> y_hat -> J, one factor per arrow",
                           mistakes=mistakes)
+
+
+def reference_perceptron_step(w: np.ndarray, x: np.ndarray, target: float, lr: float) -> np.ndarray:
+    """One perceptron update: w [D + 1] (the bias last), x [D], target 0 or 1 -> the new weights [D + 1].
+
+    Predict f = 1 if w . [x, 1] > 0 else 0, then w + lr (target - f) [x, 1]: no change when right.
+    """
+    x1 = np.append(x, 1.0)  # [D + 1]: the constant input that carries the bias
+    prediction = float(w @ x1 > 0)
+    return w + lr * (target - prediction) * x1  # [D + 1]
+
+
+@exercise("perceptron_step", reference_perceptron_step)
+def check_perceptron_step(fn: Any) -> bool:
+    """Exercise (lab 2): `perceptron_step(w [D+1], x [D], target, lr) -> new w [D+1]`, the bias last."""
+    w = np.array([0.5, -1.0, 0.25])  # [3]: two weights and the bias
+    inputs = [(np.array([2.0, 0.5]), 1.0),  # z = 0.75 > 0, predicted 1, right: no change
+              (np.array([2.0, 0.5]), 0.0),  # predicted 1, target 0: step down
+              (np.array([0.0, 1.0]), 1.0),  # z = -0.75, predicted 0, target 1: step up
+              (np.array([1.0, 0.75]), 1.0),  # z = 0 exactly: predicted 0 (only > 0 fires)
+              (np.array([0.0, 0.1]), 0.0)]  # z = 0.15 only thanks to the bias: predicted 1, target 0
+    cases = [((w, x, t, lr), reference_perceptron_step(w, x, t, lr))
+             for (x, t), lr in zip(inputs, (0.1, 0.1, 0.5, 1.0, 0.2))]
+    mistakes = {"the bias did not change: it is the weight on a constant input 1, so it is updated too":
+                lambda w, x, t, lr: np.append(reference_perceptron_step(w, x, t, lr)[:-1], w[-1]),
+                "the step fired at z = 0; the slides' perceptron outputs 1 only for z > 0":
+                lambda w, x, t, lr: w + lr * (t - float(w @ np.append(x, 1.0) >= 0)) * np.append(x, 1.0),
+                "the update has the wrong sign: a missed 1 (target 1, prediction 0) must move w towards x":
+                lambda w, x, t, lr: 2 * w - reference_perceptron_step(w, x, t, lr)}
+    return check_function(fn, cases, "perceptron_step",
+                          "append the constant 1 to x, predict with the step, then move w by the error "
+                          "(target - prediction) times the learning rate times the extended x", mistakes=mistakes)
 
 
 def reference_relu_backward(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
@@ -393,6 +479,36 @@ def check_softmax_cross_entropy_grad(fn: Any) -> bool:
                           "each row: the probabilities, with 1 taken away at the true class; exp(1000) overflows "
                           "unless you shift the logits first (softmax does not change under a shift)",
                           mistakes=mistakes)
+
+
+def reference_kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) = sum_k p_k log(p_k / q_k) per row of p, q [N, K] (probabilities), natural log -> [N].
+
+    A term with p_k = 0 counts 0 (the limit of p log p), even where q_k is 0 too.
+    """
+    with np.errstate(divide="ignore"):  # q = 0 where p > 0: KL is infinite, and says so
+        ratio = np.where(p > 0, p / np.where(p > 0, q, 1.0), 1.0)  # [N, K], 1 where p = 0 (log 1 = 0)
+        return (p * np.log(ratio)).sum(axis=1)  # [N]
+
+
+@exercise("kl_divergence", reference_kl_divergence)
+def check_kl_divergence(fn: Any) -> bool:
+    """Exercise (lab 2): `kl_divergence(p [N, K], q [N, K]) -> [N]`, KL(p || q) per row, 0 log 0 = 0."""
+    def rows(seed: int, n: int, k: int) -> np.ndarray:
+        e = np.exp(_rng(seed).normal(size=(n, k)))  # [n, k]
+        return e / e.sum(axis=1, keepdims=True)  # [n, k], rows sum to 1
+    one_hot = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # [2, 3]: p with zeros
+    pairs = [(rows(0, 4, 5), rows(1, 4, 5)), (one_hot, rows(2, 2, 3)), (rows(3, 3, 3), rows(3, 3, 3))]
+    cases = [((p, q), reference_kl_divergence(p, q)) for p, q in pairs]
+    mistakes = {"p and q are swapped: that is KL(q || p), and KL is not symmetric":
+                lambda p, q: reference_kl_divergence(q, p),
+                "the sign is flipped: KL(p || q) = sum p log(p / q) is never negative":
+                lambda p, q: -reference_kl_divergence(p, q),
+                "that is the mean over the K classes, not the sum":
+                lambda p, q: reference_kl_divergence(p, q) / p.shape[1]}
+    return check_function(fn, cases, "kl_divergence",
+                          "one sum per row of p times the log of the ratio p / q; where p is 0 the term is 0 "
+                          "(the limit of p log p), so keep log(0) out of those entries (np.where)", mistakes=mistakes)
 
 
 def reference_dense_backward(x: np.ndarray, w: np.ndarray, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -817,3 +933,105 @@ def check_receptive_field(fn: Any) -> bool:
                           "input pixels apart are the cells of the layer below (what did the strides so far do)?",
                           atol=0, mistakes=mistakes, course_versions=("receptive_field", "reference_receptive_field",
                                                                       "layer_receptive_fields"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 2, part 2: weight decay and initialisation
+# ---------------------------------------------------------------------------------------------
+
+def _adam_step(params: dict, grads: dict, state: dict, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+               eps: float = 1e-8) -> None:
+    """One Adam step in place on a dict of NumPy arrays (lab 2's `adam_update`, state keys "t", "k.m", "k.v")."""
+    state["t"] = t = state.get("t", 0) + 1
+    for k in params:
+        m = state[k + ".m"] = beta1 * state.get(k + ".m", 0.0) + (1 - beta1) * grads[k]
+        v = state[k + ".v"] = beta2 * state.get(k + ".v", 0.0) + (1 - beta2) * grads[k] ** 2
+        params[k] -= lr * (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+
+
+def reference_adamw_update(params: dict, grads: dict, state: dict, lr: float, weight_decay: float = 0.01) -> None:
+    """AdamW (decoupled weight decay), in place: shrink every weight by (1 - lr * weight_decay), then Adam."""
+    for k in params:
+        params[k] *= 1 - lr * weight_decay  # the decay does not go through Adam's normalisation
+    _adam_step(params, grads, state, lr)
+
+
+def _run_optimizer(update: Callable, start: dict, steps: list[dict], lr: float, weight_decay: float) -> tuple:
+    """The parameters (a tuple of arrays, sorted by name) after `update` took every step of `steps`."""
+    params, state = {k: v.copy() for k, v in start.items()}, {}
+    for grads in steps:
+        update(params, {k: g.copy() for k, g in grads.items()}, state, lr, weight_decay)
+    return tuple(params[k] for k in sorted(params))
+
+
+def _torch_adamw(start: dict, steps: list[dict], lr: float, weight_decay: float) -> tuple:
+    """The same steps taken by `torch.optim.AdamW` (float64): what the exercise must reproduce."""
+    import torch
+
+    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in start.items()}
+    optimizer = torch.optim.AdamW(list(tensors.values()), lr=lr, weight_decay=weight_decay)
+    for grads in steps:
+        for k, t in tensors.items():
+            t.grad = torch.tensor(grads[k], dtype=torch.float64)
+        optimizer.step()
+    return tuple(tensors[k].numpy() for k in sorted(tensors))
+
+
+_ADAMW_MISTAKES = {
+    "this is Adam with L2 (weight_decay * w added to the gradient, then normalised), not decoupled decay":
+        lambda p, g, s, lr, wd: _adam_step(p, {k: g[k] + wd * p[k] for k in p}, s, lr),
+    "your decay does not scale with the learning rate (in AdamW it does)":
+        lambda p, g, s, lr, wd: (p.update({k: p[k] * (1 - wd) for k in p}), _adam_step(p, g, s, lr)),
+    "the weights are decayed after the Adam step; AdamW decays the old weights, before it":
+        lambda p, g, s, lr, wd: (_adam_step(p, g, s, lr), p.update({k: p[k] * (1 - lr * wd) for k in p})),
+    "there is no weight decay in your update (plain Adam)": lambda p, g, s, lr, wd: _adam_step(p, g, s, lr),
+}
+
+
+@exercise("adamw_update", reference_adamw_update)
+def check_adamw_update(fn: Any) -> bool:
+    """Exercise (lab 2): `adamw_update(params, grads, state, lr, weight_decay)` changes `params` in place.
+
+    Three steps on two arrays, compared with `torch.optim.AdamW` on the same gradients.
+    """
+    name, hint = "adamw_update", ("AdamW shrinks each weight by a factor that uses the learning rate and the decay, "
+                                  "directly, and leaves the gradient that Adam normalises untouched")
+    if not callable(fn):
+        return report(False, f"{name}: {NOT_SOLVED}", hint)
+    rng = _rng(0)
+    start = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
+    steps = [{k: rng.normal(size=v.shape) * scale for k, v in start.items()} for scale in (1.0, 0.01, 3.0)]
+    lr, weight_decay = 0.1, 0.5
+    expected = _torch_adamw(start, steps, lr, weight_decay)
+    try:
+        answer = _run_optimizer(fn, start, steps, lr, weight_decay)
+    except Exception as error:
+        return report(False, f"{name}: it raised {type(error).__name__}: {error}", hint)
+    if all(np.array_equal(a, start[k]) for a, k in zip(answer, sorted(start))):
+        return report(False, f"{name}: {NOT_SOLVED} (the parameters did not change: update them in place)", hint)
+    found = problem(answer, expected, atol=1e-9)
+    if found:
+        known = [what for what, wrong in _ADAMW_MISTAKES.items()
+                 if problem(answer, _run_optimizer(wrong, start, steps, lr, weight_decay), atol=1e-9) is None]
+        return report(False, f"{name}: {known[0] if known else found} (after 3 steps, lr {lr}, weight_decay "
+                      f"{weight_decay}, compared with torch.optim.AdamW)", hint)
+    return report(True, f"{name}: matches torch.optim.AdamW over 3 steps")
+
+
+def reference_leaky_relu_std(n_in: int, slope: float) -> float:
+    """The weight std that keeps E[x^2] through Linear(n_in, .) + leaky ReLU with negative slope `slope`."""
+    return float(np.sqrt(2.0 / ((1.0 + slope ** 2) * n_in)))
+
+
+@exercise("leaky_relu_std", reference_leaky_relu_std)
+def check_leaky_relu_std(fn: Any) -> bool:
+    """Exercise (lab 2): `leaky_relu_std(n_in, slope) -> sigma`; slope 0 is He's, slope 1 the linear layer's."""
+    cases = [((n, a), reference_leaky_relu_std(n, a)) for n, a in [(100, 0.2), (64, 0.01), (256, 1.0), (10, 0.0)]]
+    mistakes = {"the negative side is ignored (that is He's ReLU value)": lambda n, a: float(np.sqrt(2.0 / n)),
+                "the slope must be squared: it scales z, so it scales z^2 by slope^2":
+                    lambda n, a: float(np.sqrt(2.0 / ((1.0 + a) * n))),
+                "that is the variance; the function returns the standard deviation":
+                    lambda n, a: 2.0 / ((1.0 + a ** 2) * n)}
+    return check_function(fn, cases, "leaky_relu_std",
+                          "for z symmetric around 0, half of E[z^2] comes from z > 0 (kept) and half from z < 0 "
+                          "(multiplied by the slope): what fraction of E[z^2] survives?", atol=1e-9, mistakes=mistakes)

@@ -1,8 +1,9 @@
 """How good is a model? Classification metrics and the anomaly-detection metrics of MVTec AD.
 
-Classification (labs 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`, and
+Classification (labs 1, 2, 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`, and
 `accuracy_difference_interval`/`compare_accuracies`, which say whether two accuracies differ by
-more than the noise of their evaluation sets.
+more than the noise of their evaluation sets; `paired_accuracy_difference_interval`/
+`compare_paired_accuracies` do the same for two classifiers scored on the same images.
 Anomaly detection (labs 5-7): a detector gives one score per image and one anomaly map per
 image. `image_auroc` asks "are defective images ranked above good ones?", `pixel_auroc` the same
 per pixel, `pro_score` whether every defect region, small or large, is found. A detector in a
@@ -90,6 +91,39 @@ def compare_accuracies(acc_a: float, acc_b: float, n_a: int, n_b: int | None = N
     of the evaluation images; labs use this one rule wherever two accuracies are compared.
     """
     low, high = accuracy_difference_interval(acc_a, acc_b, n_a, n_b, level)
+    return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
+
+
+def paired_accuracy_difference_interval(correct_a: ArrayLike, correct_b: ArrayLike,
+                                        level: float = 0.95) -> tuple[float, float]:
+    """An interval `(low, high)` for accuracy(a) - accuracy(b) when both were scored on the same images.
+
+    `correct_a` and `correct_b` are [N] booleans, one per image: was classifier a (b) right? Only the
+    images where exactly one of them is right carry information about the difference, so the paired
+    interval is narrower than `accuracy_difference_interval` when the two agree on most images. This is
+    Agresti and Min's (2005) interval: add one half to each cell of the 2x2 table of right/wrong, then
+    the usual normal approximation. Unlike the plain one it does not collapse when an accuracy is 0 or 1.
+    """
+    a, b = _numpy(correct_a).astype(bool), _numpy(correct_b).astype(bool)
+    _same_length(a, b, "correct_a and correct_b (one entry per image, the same images)")
+    if a.ndim != 1 or len(a) < 1:
+        raise ValueError(f"correct_a and correct_b must be 1-D with at least one image, got shape {a.shape}")
+    n = len(a) + 2  # the four half counts add 2 images
+    only_a = (np.sum(a & ~b) + 0.5) / n  # a right, b wrong
+    only_b = (np.sum(~a & b) + 0.5) / n  # b right, a wrong
+    diff = only_a - only_b
+    z = NormalDist().inv_cdf(0.5 + level / 2)  # 1.96 for level 0.95
+    half = z * math.sqrt((only_a + only_b - diff ** 2) / n)
+    return max(float(diff - half), -1.0), min(float(diff + half), 1.0)  # a difference lies in [-1, 1]
+
+
+def compare_paired_accuracies(correct_a: ArrayLike, correct_b: ArrayLike, level: float = 0.95) -> str:
+    """`"ahead"`, `"behind"` or `"a tie"` for classifier a against b, scored on the same images.
+
+    The paired version of `compare_accuracies`: a tie means `paired_accuracy_difference_interval`
+    contains 0. Use it whenever both accuracies come from the same test images.
+    """
+    low, high = paired_accuracy_difference_interval(correct_a, correct_b, level)
     return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
 
 

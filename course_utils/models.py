@@ -1,18 +1,50 @@
 """The networks the labs train: the slides' CIFAR-10 `Net`, better small CNNs, a speed-run net.
 
+Lab 2 builds `sigmoid_boxes` by hand (no training): the universal approximation construction.
+
 Lab 4 starts from the slides' `Net` (62,006 parameters) and improves it one change at a time:
 `BetterNet` adds width, BatchNorm, optional dropout and residual blocks; `SpeedRunNet` follows
 the CIFAR-10 speed records (a frozen patch-whitening first layer, BatchNorm without learnable
 scale, GELU, scaled-down logits) and `whitening_weights`, which sets its first layer; the
 recipe that trains it fast is `cu.train.train_speedrun`. Labs 5-6 append their autoencoders
-below.
+below; lab 2 appends `layer_statistics`, the signal's size through a deep stack under a given
+initialisation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# --- Lab 2: a network built by hand ---
+
+
+def sigmoid_boxes(edges: Sequence[float], heights: Sequence[float], steepness: float) -> nn.Sequential:
+    """A one-hidden-layer sigmoid network, weights set by hand, that draws one box per interval.
+
+    Box i covers [edges[i], edges[i + 1]] at height heights[i]: it is the difference of two steep
+    sigmoids, heights[i] * (sigmoid(k (x - edges[i])) - sigmoid(k (x - edges[i + 1]))), with k =
+    `steepness`. So the network is Linear(1, 2n) -> Sigmoid -> Linear(2n, 1) for n boxes, the
+    construction behind the universal approximation theorem (lab 2). Input [B, 1], output [B, 1].
+    """
+    edges_t = torch.as_tensor(edges, dtype=torch.float64)  # [n + 1]
+    heights_t = torch.as_tensor(heights, dtype=torch.float64)  # [n]
+    if edges_t.ndim != 1 or heights_t.ndim != 1 or len(edges_t) != len(heights_t) + 1:
+        raise ValueError(f"sigmoid_boxes needs one more edge than heights (n boxes: n + 1 edges); got "
+                         f"{len(edges_t)} edges and {len(heights_t)} heights")
+    n = len(heights_t)
+    hidden, output = nn.Linear(1, 2 * n, dtype=torch.float64), nn.Linear(2 * n, 1, dtype=torch.float64)
+    with torch.no_grad():
+        steps_at = torch.stack([edges_t[:-1], edges_t[1:]], dim=1).flatten()  # [2n]: left, right edge of each box
+        hidden.weight.fill_(steepness)  # [2n, 1]
+        hidden.bias.copy_(-steepness * steps_at)  # unit j: sigmoid(k (x - steps_at[j]))
+        output.weight.copy_(torch.stack([heights_t, -heights_t], dim=1).flatten()[None])  # [1, 2n]: up, then down
+        output.bias.zero_()
+    return nn.Sequential(hidden, nn.Sigmoid(), output)
+
 
 # --- Lab 4: classifiers ---
 
@@ -311,3 +343,35 @@ class MultiLayerFeatures(nn.Module):
         feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
         return patch_embedding([feats[name] for name in self.layers], self.pool, self.strides, self.offsets,
                                self.layers.index(self.scale_to), self.align)  # [B, C_total, h, w]
+
+
+# --- Lab 2: initialisation ---
+
+
+def layer_statistics(depth: int, width: int, std: float, activation=torch.relu, batch: int = 512,
+                     seed: int = 0) -> dict[str, list[float]]:
+    """Standard deviation of the activations and of the gradients at every layer of a deep stack.
+
+    Builds `depth` bias-free `Linear(width, width)` layers with weights drawn from N(0, std^2), each
+    followed by `activation`, feeds a standard-normal batch [batch, width] forwards and backpropagates
+    a fixed random read-out of the last layer's outputs (so the gradient arriving at the top has std 1,
+    independent across examples, whatever the activations' size). Returns `{"activation": [depth],
+    "gradient": [depth]}`: the std of each layer's output and of dLoss/d(that output), first layer
+    first, in float64 (the extremes of a bad initialisation underflow float32). Same architecture and
+    parameter count for every `std`: only the initial scale differs.
+    """
+    if depth < 1 or width < 1 or std <= 0:
+        raise ValueError(f"layer_statistics needs depth >= 1, width >= 1 and std > 0, got {depth}, {width}, {std}.")
+    generator = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(width, width, generator=generator, dtype=torch.float64) * std
+               for _ in range(depth)]  # depth x [width, width]
+    h = torch.randn(batch, width, generator=generator, dtype=torch.float64, requires_grad=True)  # [batch, width]
+    outputs = []
+    for w in weights:
+        h = activation(h @ w.T)  # [batch, width]
+        h.retain_grad()
+        outputs.append(h)
+    readout = torch.randn(batch, width, generator=generator, dtype=torch.float64)  # [batch, width]
+    (h * readout).sum().backward()  # dLoss/d(last output) = readout: std 1, independent across examples
+    return {"activation": [out.std().item() for out in outputs],
+            "gradient": [out.grad.std().item() for out in outputs]}

@@ -4,7 +4,8 @@ Images may be PyTorch tensors or NumPy arrays, a batch [N, 3, H, W], [N, 1, H, W
 or [N, H, W, 3], values in [0, 1] (floats), 0..255 (uint8), or anything else (e.g. normalised
 images: rescaled to [0, 1] per image for display). For one image pass `image[None]`.
 
-Sections: style | image conversion | images | training | inside a CNN | anomaly detection.
+Sections: style | image conversion | images | training | inside a CNN | anomaly detection |
+lab 2: initialisation, loss surfaces, decision boundaries.
 Labs that need a new figure append a function in a new section at the end of the file.
 """
 
@@ -372,4 +373,97 @@ def plot_roc(curves: dict[str, tuple], title: str = "ROC") -> Figure:
            xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 2: initialisation, loss surfaces, decision boundaries
+# --------------------------------------------------------------------------------------------
+
+def plot_layer_statistics(stats: dict[str, dict[str, Sequence[float]]], title: str = "") -> Figure:
+    """Std of activations and of weight gradients per layer, one line per setting (log scale).
+
+    `stats` maps a label (e.g. "He, sigma = 0.088") to `cu.models.layer_statistics`' result,
+    `{"activation": [depth], "gradient": [depth]}`. Left panel: how big the signal is on the way
+    forward; right panel: how big the gradient arriving at each layer's output is (a weight's gradient
+    is this times the layer's input). A flat line keeps its size.
+    """
+    fig, axes = _figure(1, 2, (5.0, 3.6))
+    for label, layer_stats in stats.items():
+        for ax, key in zip(axes[0], ("activation", "gradient")):
+            values = np.asarray(layer_stats[key], dtype=float)  # [depth]
+            ax.semilogy(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+    axes[0, 0].set(xlabel="layer (1 = first)", ylabel="std of the layer's output", title="forward: activations")
+    axes[0, 1].set(xlabel="layer (1 = first)", ylabel="std of dLoss/d(layer output)", title="backward: gradients")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="major")
+    axes[0, 1].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_surface(loss_grid, w_range: tuple[float, float], b_range: tuple[float, float],
+                      paths: dict[str, np.ndarray] | None = None, title: str = "loss surface J(w, b)",
+                      resolution: int = 120, log: bool = True) -> Figure:
+    """Filled contours of a two-parameter loss J(w, b), with optimisers' paths drawn on it.
+
+    `loss_grid(W, B)` evaluates the loss on arrays of w and b values (same shape) and returns an array of
+    that shape; `paths` maps a label to positions [T, 2] (columns w, b), e.g. from
+    `cu.train.optimizer_path`: a circle marks the start, a cross the end. Colour is the loss (log scale
+    when `log`), with a colour bar. Parts of a path outside the ranges are clipped by the axes; a path
+    that ends outside them says so, with its end point, in the legend.
+    """
+    w = np.linspace(*w_range, resolution)  # [R]
+    b = np.linspace(*b_range, resolution)  # [R]
+    W, B = np.meshgrid(w, b)  # [R, R] each
+    J = np.asarray(loss_grid(W, B), dtype=float)  # [R, R]
+    fig, axes = _figure(1, 1, (6.0, 4.8))
+    ax = axes[0, 0]
+    shown = np.log10(np.maximum(J, 1e-12)) if log else J
+    filled = ax.contourf(W, B, shown, levels=30, cmap="viridis")
+    ax.contour(W, B, shown, levels=15, colors="white", linewidths=0.4, alpha=0.5)
+    fig.colorbar(filled, ax=ax, label="log10 J(w, b)" if log else "J(w, b)")
+    for (label, path), colour in zip((paths or {}).items(), ("tab:red", "tab:orange", "magenta", "tab:cyan", "tab:pink")):
+        path = np.asarray(path)  # [T, 2]
+        inside = w_range[0] <= path[-1, 0] <= w_range[1] and b_range[0] <= path[-1, 1] <= b_range[1]
+        where = "" if inside else f", ends off the plot at ({path[-1, 0]:.3g}, {path[-1, 1]:.3g})"
+        ax.plot(path[:, 0], path[:, 1], color=colour, linewidth=1.5, marker=".", markersize=3,
+                label=f"{label} ({len(path) - 1} steps{where})")
+        ax.plot(*path[0], "o", color=colour, markersize=8, markeredgecolor="black")
+        ax.plot(*path[-1], "X", color=colour, markersize=10, markeredgecolor="black")
+    ax.set(xlabel="w", ylabel="b", title=title, xlim=w_range, ylim=b_range)
+    if paths:
+        ax.legend(fontsize="small", loc="lower left", framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decision_boundaries(predictors: dict, points, labels, resolution: int = 200,
+                             padding: float = 0.5) -> Figure:
+    """Each 2-D classifier's probability of class 1 as a coloured map, its 0.5 line, and the data.
+
+    `predictors` maps a title to a function from points [N, 2] (NumPy) to probabilities [N] of class 1;
+    `points` [N, 2] and `labels` [N] (0 or 1) are drawn on every panel. One shared colour bar
+    (probability 0 to 1); the black line is where the classifier changes its decision.
+    """
+    points, labels = np.asarray(points, dtype=float), np.asarray(labels)
+    low, high = points.min(axis=0) - padding, points.max(axis=0) + padding  # [2], [2]
+    g0, g1 = np.meshgrid(np.linspace(low[0], high[0], resolution), np.linspace(low[1], high[1], resolution))
+    grid = np.stack([g0.ravel(), g1.ravel()], axis=1)  # [R * R, 2]
+    fig, axes = _figure(1, len(predictors), (4.6, 4.0))
+    for ax, (name, predict) in zip(axes[0], predictors.items()):
+        probs = np.asarray(predict(grid), dtype=float).reshape(g0.shape)  # [R, R]
+        filled = ax.contourf(g0, g1, probs, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
+        ax.contour(g0, g1, probs, levels=[0.5], colors="black", linewidths=2)
+        ax.scatter(*points[labels == 0].T, s=22, marker="o", c="tab:blue", edgecolors="black", linewidths=0.6,
+                   label="class 0")
+        ax.scatter(*points[labels == 1].T, s=26, marker="^", c="tab:red", edgecolors="black", linewidths=0.6,
+                   label="class 1")
+        ax.set(title=name, xlabel="$x_1$", ylabel="$x_2$")
+    axes[0, 0].legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    fig.colorbar(filled, ax=list(axes[0]), fraction=0.03, label="probability of class 1")
     return fig

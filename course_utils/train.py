@@ -18,7 +18,8 @@ that (`cu.device.world_size()`).
 
 Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
 learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
-is updated every few steps; `flip_tta` evaluates with test-time flips.
+is updated every few steps; `flip_tta` evaluates with test-time flips. Lab 2's `optimizer_path`
+records where a `torch.optim` optimiser takes a few parameters, to draw on a loss surface.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -490,3 +492,29 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
         if step % ema_every == 0:
             ema.update(model)
     return ema
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 2: where an optimiser goes on a small loss surface
+# --------------------------------------------------------------------------------------------
+
+def optimizer_path(loss_fn: Callable[[torch.Tensor], torch.Tensor], start: Iterable[float],
+                   make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                   steps: int) -> np.ndarray:
+    """The positions [steps + 1, P] that a PyTorch optimiser visits while it minimises `loss_fn`.
+
+    `loss_fn` maps a parameter vector [P] (float64) to a scalar loss; `start` is the first position;
+    `make_optimizer` builds the optimiser from a parameter list, e.g.
+    `lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)`. Used to draw optimisers' paths on
+    a loss surface (`cu.plotting.plot_loss_surface`). A path that blows up is returned as it is
+    (non-finite positions included), so the caller can see it diverged.
+    """
+    theta = torch.tensor(list(start), dtype=torch.float64, requires_grad=True)  # [P]
+    optimizer = make_optimizer([theta])
+    path = [theta.detach().clone()]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(theta).backward()
+        optimizer.step()
+        path.append(theta.detach().clone())
+    return np.stack([p.numpy() for p in path])  # [steps + 1, P]

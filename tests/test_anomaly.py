@@ -128,3 +128,14 @@ def test_patchcore_bank_size_and_clear_errors(backbone) -> None:
     stages = model.embed(_stripes(3)).split([40, 80], dim=1)  # good images: each stage scaled by fit
     for stage in stages:
         assert stage.norm(dim=1).mean().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_distance_contrast_is_nearest_over_farthest_and_grows_with_dimension():
+    queries, points = torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [2.0], [4.0]])
+    assert torch.allclose(anomaly.distance_contrast(queries, points), torch.tensor([1 / 4, 1 / 2]))
+    g = torch.Generator().manual_seed(0)
+    mean_contrast = [anomaly.distance_contrast(torch.rand(20, d, generator=g), torch.rand(200, d, generator=g)).mean()
+                     for d in (2, 64, 2048)]
+    assert mean_contrast[0] < mean_contrast[1] < mean_contrast[2] < 1
+    with pytest.raises(ValueError, match="same D"):
+        anomaly.distance_contrast(torch.zeros(3, 4), torch.zeros(5, 3))

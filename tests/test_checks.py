@@ -58,6 +58,11 @@ CASES = {
     "dense_params": (checks.check_dense_params, checks.reference_dense_params, lambda h, w, c, n: h * w * c * n),
     "pairwise": (checks.check_pairwise_sq_distances, checks.reference_pairwise_sq_distances,
                  lambda a, b: np.sqrt(checks.reference_pairwise_sq_distances(a, b))),
+    "is_one": (checks.check_is_one, checks.reference_is_one, lambda im: ~checks.reference_is_one(im)),  # reversed
+    "is_one_weak": (checks.check_is_one, checks.reference_is_one, lambda im: im[:, :, :4].sum(axis=(1, 2)) > 60),
+    "perceptron": (checks.check_perceptron_step, checks.reference_perceptron_step,
+                   lambda w, x, t, lr: w + lr * (t - float(w[:-1] @ x > 0)) * np.append(x, 1.0)),  # bias left out of z
+    "kl": (checks.check_kl_divergence, checks.reference_kl_divergence, lambda p, q: (p * np.log(p / q)).sum(axis=1)),
     "neuron": (checks.check_neuron_gradient, checks.reference_neuron_gradient,
                lambda x, y, w, b: (2 * (y - w * x - b) * x, 2 * (y - w * x - b))),
     "relu": (checks.check_relu_backward, checks.reference_relu_backward, lambda x, g: g * (x >= 0)),
@@ -151,6 +156,13 @@ def test_every_checker_is_registered_with_a_reference():
     (checks.check_output_size, lambda n, f, p, s: (n + p - f) // s + 1, "one side only"),
     (checks.check_relu_backward, lambda x, g: g * (x >= 0), "exactly x = 0"),
     (checks.check_dense_backward, lambda x, w, g: (g @ w.T, x.T @ g, g.mean(axis=0)), "sums"),
+    (checks.check_is_one, lambda im: ~checks.reference_is_one(im), "wrong way round"),
+    (checks.check_is_one, lambda im: np.ones(len(im), bool), "for every image"),
+    (checks.check_perceptron_step, lambda w, x, t, lr: np.append(checks.reference_perceptron_step(w, x, t, lr)[:-1], w[-1]),
+     "bias did not change"),
+    (checks.check_perceptron_step, lambda w, x, t, lr: w + lr * (t - float(w @ np.append(x, 1.0) >= 0)) * np.append(x, 1.0),
+     "z = 0"),
+    (checks.check_kl_divergence, lambda p, q: checks.reference_kl_divergence(q, p), "swapped"),
 ])
 def test_known_mistakes_are_named(checker, wrong, says, capsys):
     assert not checker(wrong)
@@ -199,3 +211,48 @@ def test_solved_or_reference_picks_the_right_one(capsys):
     assert checks.solved_or_reference(4_500_100, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(4_500_000, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(mine, reference, "relu_backward") is reference  # functions need a check
+
+
+# Lab 2, part 2 (weight decay, initialisation): (checker, solution, wrong answer).
+def _adamw_coupled(params, grads, state, lr, weight_decay):  # Adam(weight_decay=...): L2 through the normalisation
+    checks._adam_step(params, {k: grads[k] + weight_decay * params[k] for k in params}, state, lr)
+
+
+CASES_LAB2_PART2 = {
+    "adamw": (checks.check_adamw_update, checks.reference_adamw_update, _adamw_coupled),
+    "leaky_relu_std": (checks.check_leaky_relu_std, checks.reference_leaky_relu_std, lambda n, a: (2 / n) ** 0.5),
+}
+
+
+@pytest.mark.parametrize("name", CASES_LAB2_PART2)
+def test_lab2_part2_checkers(name, capsys):
+    checker, solution, wrong = CASES_LAB2_PART2[name]
+    assert checker(solution) is True and "✅" in capsys.readouterr().out
+    for not_solved in (None, stub):
+        assert checker(not_solved) is False and checks.NOT_SOLVED in capsys.readouterr().out
+    assert checker(crashes) is False and "IndexError" in capsys.readouterr().out
+    assert checker(wrong) is False
+    out = capsys.readouterr().out
+    assert "❌" in out and "hint:" in out
+
+
+def test_adamw_reference_is_torch_adamw_and_not_adam_with_l2():
+    rng = np.random.default_rng(3)
+    start, steps = {"w": rng.normal(size=4)}, [{"w": rng.normal(size=4)} for _ in range(2)]
+    ours = checks._run_optimizer(checks.reference_adamw_update, start, steps, 0.05, 0.3)
+    assert np.allclose(ours, checks._torch_adamw(start, steps, 0.05, 0.3))
+    w = torch.tensor(start["w"], requires_grad=True)
+    adam_l2 = torch.optim.Adam([w], lr=0.05, weight_decay=0.3)
+    for grads in steps:
+        w.grad = torch.tensor(grads["w"])
+        adam_l2.step()
+    assert np.allclose(checks._run_optimizer(_adamw_coupled, start, steps, 0.05, 0.3)[0], w.detach().numpy())
+    assert not np.allclose(ours[0], w.detach().numpy())
+
+
+def test_zeros_and_ones_splits_the_hand_rule_digits_in_two_disjoint_halves():
+    train_images, test_images, train_labels, test_labels = checks.zeros_and_ones()
+    assert train_images.shape == test_images.shape == (180, 8, 8) and train_labels.dtype == bool
+    assert abs(train_labels.mean() - test_labels.mean()) < 0.02  # stratified: about as many ones in each half
+    train_rows = {image.tobytes() for image in train_images}
+    assert not any(image.tobytes() in train_rows for image in test_images)  # no test digit is a training digit

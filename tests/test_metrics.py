@@ -281,3 +281,28 @@ def test_accuracy_difference_interval_is_sqrt2_wider_and_calls_ties():
         m.accuracy_difference_interval(93.0, 90.0, 300)
     with pytest.raises(ValueError, match="at least 1"):
         m.accuracy_difference_interval(0.9, 0.9, 0)
+
+
+def test_paired_interval_matches_agresti_min_and_does_not_collapse_at_100_percent():
+    a = np.ones(180, bool)  # a right on every image
+    b = np.ones(180, bool)
+    b[:4] = False  # b wrong on 4 of them: 97.8% against 100%
+    low, high = m.paired_accuracy_difference_interval(a, b)
+    n, only_a, only_b = 182, 4.5 / 182, 0.5 / 182  # the table plus one half per cell
+    half = 1.96 * math.sqrt((only_a + only_b - (only_a - only_b) ** 2) / n)
+    assert low == pytest.approx(only_a - only_b - half, rel=1e-3) and high == pytest.approx(only_a - only_b + half, rel=1e-3)
+    assert low < 0 < high and m.compare_paired_accuracies(a, b) == "a tie"  # 4 of 180 digits is inside the noise
+    assert m.compare_accuracies(1.0, 176 / 180, 180) == "ahead"  # the unpaired Wald interval collapses at 100%
+    assert m.compare_paired_accuracies(b, a) == "a tie"
+
+
+def test_paired_comparison_sees_what_the_unpaired_one_cannot():
+    rng = np.random.default_rng(0)
+    b = rng.random(400) < 0.85  # [400] b right on about 85%
+    a = b.copy()
+    a[np.flatnonzero(~b)[:16]] = True  # a right wherever b is, and on 16 more images
+    assert m.compare_accuracies(a.mean(), b.mean(), 400) == "a tie"  # 4 points on 400 images, unpaired
+    assert m.compare_paired_accuracies(a, b) == "ahead" and m.compare_paired_accuracies(b, a) == "behind"
+    assert m.compare_paired_accuracies(torch.tensor(a), torch.tensor(a)) == "a tie"
+    with pytest.raises(ValueError, match="same length"):
+        m.compare_paired_accuracies(a, b[:-1])

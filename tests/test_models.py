@@ -71,3 +71,38 @@ def test_speedrun_net_freezes_its_whitening_layer() -> None:
     assert not model.whiten.weight.requires_grad
     assert not any(block.bn1.weight.requires_grad for block in model.blocks)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_sigmoid_boxes_draws_boxes_with_one_hidden_layer():
+    net = models.sigmoid_boxes([0.0, 0.5, 1.0], [2.0, -1.0], steepness=200.0)
+    assert [type(m) for m in net] == [nn.Linear, nn.Sigmoid, nn.Linear] and net[0].out_features == 4
+    x = torch.tensor([[-0.5], [0.25], [0.75], [1.5]], dtype=torch.float64)  # [4, 1]
+    assert torch.allclose(net(x)[:, 0], torch.tensor([0.0, 2.0, -1.0, 0.0], dtype=torch.float64), atol=1e-6)
+    grid = torch.linspace(0, 1, 1001, dtype=torch.float64)[:, None]  # [1001, 1]
+    errors = []
+    for n in (4, 16, 64):
+        edges = torch.linspace(0, 1, n + 1, dtype=torch.float64)  # [n + 1]
+        heights = torch.sin(6 * (edges[:-1] + edges[1:]) / 2)  # [n]: the curve at each box's middle
+        approx = models.sigmoid_boxes(edges, heights, steepness=10 * n)(grid)  # [1001, 1]
+        errors.append((approx - torch.sin(6 * grid)).abs().mean().item())
+    assert errors[0] > errors[1] > errors[2]
+    with pytest.raises(ValueError, match="one more edge"):
+        models.sigmoid_boxes([0.0, 1.0], [1.0, 2.0], steepness=10.0)
+
+
+# --- Lab 2: initialisation ---
+
+
+def test_layer_statistics_he_keeps_the_size_and_too_small_vanishes() -> None:
+    depth, width = 12, 64
+    he = models.layer_statistics(depth, width, (2 / width) ** 0.5, torch.relu, batch=256)
+    small = models.layer_statistics(depth, width, 0.01, torch.relu, batch=256)
+    assert len(he["activation"]) == len(he["gradient"]) == depth
+    assert 0.3 < he["activation"][-1] < 3 and 0.3 < he["gradient"][0] < 3  # He: the size survives 12 layers
+    assert small["activation"][-1] < 1e-9 and small["gradient"][0] < 1e-9  # too small: both vanish
+    assert abs(he["gradient"][-1] - 1) < 0.1  # the read-out's gradient has std 1 at the top
+
+
+def test_layer_statistics_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="std > 0"):
+        models.layer_statistics(3, 8, 0.0)

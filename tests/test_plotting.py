@@ -165,3 +165,27 @@ def test_presentation_style_scales_and_restores():
     finally:
         p.presentation_style(False)
     assert plt.rcParams["font.size"] == size
+
+
+def test_lab2_part2_figures_have_their_panels():
+    stats = {"a": {"activation": [1.0, 0.5, 0.25], "gradient": [0.1, 0.3, 1.0]},
+             "b": {"activation": [1.0, 1.0, 1.0], "gradient": [1.0, 1.0, 1.0]}}
+    fig = p.plot_layer_statistics(stats, "title")
+    assert len(fig.axes) == 2 and all(len(ax.lines) == 2 for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"
+
+    path = np.array([[0.0, 0.0], [0.5, 0.2], [1.0, 0.4]])  # [3, 2]
+    fig = p.plot_loss_surface(lambda w, b: (w - 1) ** 2 + b ** 2 + 0.1, (-1, 2), (-1, 1), {"GD": path}, resolution=20)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2 and ax.get_xlabel() == "w" and ax.get_ylabel() == "b"  # the surface and its colour bar
+    assert np.allclose(ax.lines[0].get_xydata(), path) and "2 steps" in ax.get_legend().get_texts()[0].get_text()
+    away = np.array([[0.0, 0.0], [3.0, 0.5]])  # [2, 2]: ends right of w = 2
+    fig = p.plot_loss_surface(lambda w, b: w ** 2 + b ** 2, (-1, 2), (-1, 1), {"in": path, "out": away}, resolution=20)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "off the plot" not in texts[0] and "ends off the plot at (3, 0.5)" in texts[1]
+
+    points = np.random.default_rng(0).normal(size=(30, 2))  # [30, 2]
+    labels = (points[:, 0] > 0).astype(int)  # [30]
+    fig = p.plot_decision_boundaries({"x1 > 0": lambda x: (x[:, 0] > 0).astype(float),
+                                      "always 0.3": lambda x: np.full(len(x), 0.3)}, points, labels, resolution=20)
+    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes[:2]] == ["x1 > 0", "always 0.3"]

@@ -216,3 +216,21 @@ def test_fit_is_the_plain_loop_when_the_batches_are_the_same():
         optimizer=torch.optim.Adam(fitted.parameters(), lr=1e-2))
     for a, b in zip(plain.parameters(), fitted.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_optimizer_path_follows_gradient_descent_by_hand():
+    import numpy as np
+
+    from course_utils.train import optimizer_path
+
+    def loss(theta):  # J = (w - 3)^2 + 10 b^2: gradient (2 (w - 3), 20 b)
+        return (theta[0] - 3) ** 2 + 10 * theta[1] ** 2
+
+    path = optimizer_path(loss, (0.0, 1.0), lambda params: torch.optim.SGD(params, lr=0.01), steps=5)
+    assert path.shape == (6, 2) and np.allclose(path[0], [0.0, 1.0])
+    w, b = 0.0, 1.0
+    for _ in range(5):
+        w, b = w - 0.01 * 2 * (w - 3), b - 0.01 * 20 * b
+    assert np.allclose(path[-1], [w, b])
+    adam = optimizer_path(loss, (0.0, 1.0), lambda params: torch.optim.Adam(params, lr=0.1), steps=1)
+    assert np.allclose(adam[1], [0.1, 0.9])  # Adam's first step is lr * sign(gradient)
