@@ -168,7 +168,8 @@ class Deployable:
                             "or fit and save the detector again.") from None
         missing, unexpected = detector.load_state_dict(record["state_dict"], strict=False)
         if set(missing) - set(record["omitted"]) or unexpected:  # omitted keys are rebuilt by the constructor
-            raise ValueError(f"{path} does not fit this {saved.__name__}: missing {sorted(set(missing) - set(record['omitted']))[:5]}, "
+            lost = sorted(set(missing) - set(record["omitted"]))[:5]
+            raise ValueError(f"{path} does not fit this {saved.__name__}: missing {lost}, "
                              f"unexpected {unexpected[:5]}. Was it saved by another course_utils version "
                              f"({record['course_utils_version']})? Fit and save it again.")
         detector.calibration = dict(record["calibration"])

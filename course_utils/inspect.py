@@ -33,7 +33,7 @@ class Inspection(NamedTuple):
 
 
 def image_files(folder: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """Every image file under `folder`, recursively (the extensions of `cu.data.IMAGE_EXTENSIONS`), sorted; none under `exclude`."""
+    """Every image file under `folder`, recursively (extensions: `cu.data.IMAGE_EXTENSIONS`), sorted; none under `exclude`."""
     from course_utils.data import IMAGE_EXTENSIONS
 
     folder = Path(folder)
@@ -60,7 +60,7 @@ def to_image_size(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 
 
 def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, low: float, high: float) -> np.ndarray:
-    """The image [3, H, W] with its map [H, W] on top as uint8 [H, W, 3]: jet colours, low = clear, high and above = opaque red."""
+    """The image [3, H, W] with its map [H, W] on top, uint8 [H, W, 3]: jet colours, `low` = clear, `high` = opaque red."""
     from matplotlib import colormaps
 
     level = ((anomaly_map - low) / max(high - low, 1e-12)).clamp(0, 1).numpy()  # [H, W] in [0, 1]

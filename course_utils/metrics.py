@@ -268,13 +268,15 @@ def false_alarm_upper_bound(n_good: int, false_alarms: int = 0, confidence: floa
 
 
 def good_images_needed(false_alarm_rate: float, confidence: float = 0.95, false_alarms: int = 0) -> int:
-    """How many good images must pass with at most `false_alarms` alarms to show, at `confidence`, that the rate is below `false_alarm_rate`.
+    """How many good images must pass with at most `false_alarms` alarms to show the rate is below `false_alarm_rate`.
 
-    The smallest n whose `false_alarm_upper_bound(n, false_alarms, confidence)` is at most the
-    rate: about 3 / rate for 0 alarms at 95 % (300 good images for a 1 % budget).
+    "Show" means with one-sided `confidence`: the smallest n whose
+    `false_alarm_upper_bound(n, false_alarms, confidence)` is at most the rate; about 3 / rate
+    for 0 alarms at 95 % (about 300 good images for a 1 % budget).
     """
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}.")
+
     def enough(n: int) -> bool:
         return false_alarm_upper_bound(n, false_alarms, confidence) <= false_alarm_rate
 
