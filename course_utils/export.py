@@ -156,9 +156,12 @@ def latency(detector: nn.Module, path: str | Path, images: torch.Tensor, repeats
     from course_utils.device import time_runs
 
     session = onnx_session(path)
-    detector = detector.cpu()
-    reference, exported = detector.predict(images), predict_onnx(session, images)
-    difference = float((reference.maps - exported.maps).abs().max() / reference.maps.abs().max().clamp_min(1e-12))
-    return {"pytorch": time_runs(lambda: detector.predict(images), repeat=repeats),
-            "onnxruntime": time_runs(lambda: predict_onnx(session, images), repeat=repeats),
-            "max_map_difference": np.array(difference)}
+    device, detector.device = detector.device, torch.device("cpu")  # both on the CPU, even where a GPU is present
+    try:
+        reference, exported = detector.predict(images), predict_onnx(session, images)
+        difference = float((reference.maps - exported.maps).abs().max() / reference.maps.abs().max().clamp_min(1e-12))
+        return {"pytorch": time_runs(lambda: detector.predict(images), repeat=repeats),
+                "onnxruntime": time_runs(lambda: predict_onnx(session, images), repeat=repeats),
+                "max_map_difference": np.array(difference)}
+    finally:
+        detector.device = device
