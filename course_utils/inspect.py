@@ -89,7 +89,7 @@ def _read_batch(paths: Sequence[Path], report) -> tuple[list[Path], list[torch.T
             images.append(read_image(path))  # [3, H, W] float in [0, 1]
             good.append(path)
         except (OSError, ValueError, RuntimeError) as error:
-            report(path, str(error).splitlines()[0])
+            report(path, str(error).splitlines()[0].replace(f"Cannot read image file {path}: it is ", ""))
     return good, images
 
 
@@ -123,7 +123,7 @@ def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: in
 
     def report(path: Path, reason: str) -> None:
         skipped.append((path.relative_to(folder).as_posix(), reason))
-        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)  # now, while the bar runs; main() sums up at the end
 
     with tqdm(total=len(files), desc="inspecting", unit="image", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(files), batch_size):
