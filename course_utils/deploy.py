@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 class Deployable:
     """What makes a detector saveable and calibratable: mixed into `cu.detectors.Detector`.
 
-    Adds the buffers `threshold` (NaN until `calibrate`) and `fit_size` ([H, W] of the training
+    Adds the buffers `threshold` (+inf, i.e. none flagged, until `calibrate`) and `fit_size` ([H, W] of the training
     images, [0, 0] before fit), the methods `calibrate`, `flag`, `config` and `save`, and the
     class method `load`. It records the constructor's arguments when the object is created, so
     `type(det)(**det.config())` builds an unfitted twin of `det`.
@@ -46,7 +46,7 @@ class Deployable:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.register_buffer("threshold", torch.tensor(float("nan")))  # flag a score >= threshold
+        self.register_buffer("threshold", torch.tensor(float("inf")))  # flag a score >= threshold; inf: not calibrated
         self.register_buffer("fit_size", torch.zeros(2, dtype=torch.long))  # [H, W] of the training images
         self.calibration: dict[str, float] = {}
 
@@ -102,7 +102,7 @@ class Deployable:
 
     def flag(self, prediction: Any) -> torch.Tensor:
         """Which images are defective: `scores >= threshold`, [N] bool, for a `Prediction` or scores [N]."""
-        if math.isnan(float(self.threshold)):
+        if math.isinf(float(self.threshold)):
             raise RuntimeError(f"{type(self).__name__} has no threshold yet: call "
                                "calibrate(held_out_good_images, false_alarm_rate=0.01) first.")
         scores = prediction.scores if hasattr(prediction, "scores") else torch.as_tensor(prediction)

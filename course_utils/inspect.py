@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,7 +115,7 @@ def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: in
     if min(size) <= 0:
         raise ValueError("The detector records no training image size: pass image_size=(H, W) (--image-size).")
     threshold = float(detector.threshold)
-    calibrated = threshold == threshold  # not NaN
+    calibrated = math.isfinite(threshold)  # inf: never calibrated
     low = detector.calibration.get("map_median", 0.0) if calibrated else None
     overlay_dir = out / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
