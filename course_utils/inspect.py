@@ -120,6 +120,10 @@ def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: in
     overlay_dir = out / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     files = image_files(folder, exclude=out)
+    if not files:
+        from course_utils.data import IMAGE_EXTENSIONS
+
+        raise FileNotFoundError(f"{folder} holds no image files (looked recursively for {', '.join(IMAGE_EXTENSIONS)}).")
     rows, skipped, taken = [], [], set()
 
     def report(path: Path, reason: str) -> None:

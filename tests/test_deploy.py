@@ -162,10 +162,13 @@ def _read(path):
     return read_image(path)
 
 
-def test_inspect_command_reports_a_missing_model(tmp_path, capsys) -> None:
+def test_inspect_command_reports_a_missing_model_and_an_empty_folder(fitted, tmp_path, capsys) -> None:
     (tmp_path / "images").mkdir()
     assert inspect_cli.main([str(tmp_path / "nope.pt"), str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
     assert "No detector file" in capsys.readouterr().err
+    model = fitted["padim"].save(tmp_path / "padim.pt")
+    assert inspect_cli.main([str(model), str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no image files" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["patchcore", "padim"])
