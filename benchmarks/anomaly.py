@@ -110,6 +110,29 @@ def run_method(name: str, data, args: argparse.Namespace) -> dict:
     }
 
 
+def onnx_row(name: str, data, args: argparse.Namespace, repeats: int = 10) -> dict:
+    """`--onnx`: fit `name` (patchcore or padim) again, export it to ONNX, and time one image at batch size 1.
+
+    PyTorch's `predict` against onnxruntime on the CPU (`cu.export.latency`: median and fastest
+    of `repeats` runs after a warm-up), and the largest map difference relative to the map's maximum.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from course_utils import export
+
+    detector = METHODS[name](args).fit(data.train_images).cpu()
+    with tempfile.TemporaryDirectory() as folder:
+        path = export.to_onnx(detector, Path(folder) / f"{name}.onnx")
+        times = export.latency(detector, path, data.test_images[:1], repeats=repeats)
+        size_mb = path.stat().st_size / 2**20
+    return {"method": name, "onnx": True, "image_size": args.image_size, "onnx_mb": round(size_mb, 1),
+            **{f"{k}_ms_median": round(1000 * float(np.median(v)), 1) for k, v in times.items() if v.ndim},
+            **{f"{k}_ms_min": round(1000 * float(v.min()), 1) for k, v in times.items() if v.ndim},
+            "max_map_difference": float(times["max_map_difference"]), "threads": torch.get_num_threads()}
+
+
 def speedups(rows: list[dict]) -> dict[str, float]:
     """Lab 7: how many times faster the course's detectors fit and predict than anomalib's, same run."""
     by_name = {r["method"]: r for r in rows}
@@ -137,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--align", choices=("on", "off"), default="on",
                    help="off: feature maps upsampled the old way (align_corners=False), for a before/after")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--onnx", action="store_true",
+                   help="also export patchcore/padim to ONNX and time batch-1 latency, PyTorch vs onnxruntime (CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the fastest)")
     args = p.parse_args(argv)
     args.align = args.align == "on"
@@ -169,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(json.dumps({"summary": True, "align": args.align, "best_pixel": best["method"],
                       **{f"{r['method']}_pixel_auroc": r["pixel_auroc"] for r in rows},
                       **{f"{r['method']}_pro": r["pro"] for r in rows}, **speedups(rows)}))
+    for name in [m for m in args.methods.split(",") if m in ("patchcore", "padim")] if args.onnx else []:
+        print(json.dumps(onnx_row(name, data, args)), flush=True)
     return rows
 
 

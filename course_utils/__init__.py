@@ -2,7 +2,8 @@
 
 Import it as `import course_utils as cu` and start every lab with `device = cu.setup()`.
 The submodules each do one job: `device`, `data`, `backbones`, `models`, `train`, `losses`,
-`anomaly`, `detectors`, `conv`, `metrics`, `plotting`, `checks`. Submodules are imported lazily, on first
+`anomaly`, `detectors`, `deploy` (save, load, threshold), `export` (ONNX), `inspect` (score a
+folder from the command line), `conv`, `metrics`, `plotting`, `checks`. Submodules are imported lazily, on first
 use (`cu.data`, `cu.plotting`, ...), so that `import course_utils` stays quick.
 """
 
@@ -19,8 +20,8 @@ from course_utils.device import FAST, autocast, pick_device, seed_everything, se
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "anomaly", "backbones", "checks", "conv", "data", "detectors", "device", "losses", "metrics", "models",
-    "plotting", "train",
+    "anomaly", "backbones", "checks", "conv", "data", "deploy", "detectors", "device", "export", "inspect", "losses",
+    "metrics", "models", "plotting", "train",
 }
 
 __all__ = ["FAST", "autocast", "env_report", "pick_device", "seed_everything", "setup", *sorted(_SUBMODULES)]

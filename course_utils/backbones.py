@@ -74,6 +74,7 @@ def pretrained_backbone(name: str = "efficientnet_lite0") -> nn.Module:
         raise ValueError(f"Unknown backbone {name!r}: choose 'efficientnet_lite0', 'resnet18' or 'wide_resnet50_2'.")
     model.eval()
     model.requires_grad_(False)
+    model.pretrained_name = name  # so that a saved detector names its backbone instead of storing it
     return model
 
 

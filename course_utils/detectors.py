@@ -35,6 +35,8 @@ from torch import nn
 
 from course_utils import anomaly
 from course_utils.anomaly import _check_images
+from course_utils.deploy import Deployable
+from course_utils.deploy import load as load  # cu.detectors.load(path): any saved detector
 
 
 class Prediction(NamedTuple):
@@ -44,7 +46,7 @@ class Prediction(NamedTuple):
     maps: torch.Tensor
 
 
-class Detector(nn.Module):
+class Detector(Deployable, nn.Module):
     """What every detector shares: `fit` -> self, `predict` -> `Prediction`, timing, saving and loading.
 
     Subclasses implement `_fit(images)` and `_predict(images) -> (maps [N, H, W], scores [N] or

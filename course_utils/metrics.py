@@ -7,7 +7,8 @@ more than the noise of their evaluation sets; `paired_accuracy_difference_interv
 Anomaly detection (labs 5-7): a detector gives one score per image and one anomaly map per
 image. `image_auroc` asks "are defective images ranked above good ones?", `pixel_auroc` the same
 per pixel, `pro_score` whether every defect region, small or large, is found. A detector in a
-factory also needs a threshold: `threshold_from_normal` (from good images only) or
+factory also needs a threshold: `threshold_from_normal` or `false_alarm_threshold` (from good
+images only; `false_alarm_upper_bound` and `good_images_needed` say how sure it is) or
 `f1_optimal_threshold` (from labelled data); `anomaly_confusion` counts its hits and misses.
 `evaluate` computes all of these for one detector on a test split, `results_table` prints
 detectors side by side, and `auroc_interval`/`auroc_difference_interval` (image AUROC) and
@@ -264,6 +265,63 @@ def threshold_from_normal(scores: ArrayLike, quantile: float = 0.99) -> float:
     if not 0 <= quantile <= 1:
         raise ValueError(f"quantile must be between 0 and 1, got {quantile}.")
     return float(np.quantile(scores, quantile))
+
+
+def false_alarm_threshold(scores: ArrayLike, false_alarm_rate: float = 0.01) -> float:
+    """A threshold from good images' scores [N] that flags at most floor(rate x N) of them (`score >= threshold`).
+
+    With k = floor(`false_alarm_rate` x N), the threshold is the smallest float above the
+    (k+1)-th highest score: the k highest good scores are flagged, the others not (ties at
+    that score are all passed). Unlike `threshold_from_normal` (which interpolates a quantile
+    and may flag one image more than the budget), this never exceeds the budget on these images.
+    """
+    values = np.sort(_numpy(scores).astype(np.float32).ravel())[::-1]  # highest first
+    if len(values) == 0:
+        raise ValueError("false_alarm_threshold needs the scores of at least one good image.")
+    if not 0 <= false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}.")
+    k = int(math.floor(false_alarm_rate * len(values) + 1e-9))
+    return float(np.nextafter(values[k], np.float32(np.inf)))
+
+
+def false_alarm_upper_bound(n_good: int, false_alarms: int = 0, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on the true false-alarm rate after `false_alarms` among `n_good` good images.
+
+    The exact binomial bound (Clopper and Pearson, 1934): the largest rate p at which seeing so
+    few alarms still has probability at least 1 - `confidence`, i.e. the `confidence` quantile
+    of Beta(false_alarms + 1, n_good - false_alarms). With 0 alarms it is 1 - (1 - confidence)^(1/n),
+    about 3 / n at 95 % (the "rule of three").
+    """
+    from scipy.stats import beta
+
+    if n_good < 1 or not 0 <= false_alarms <= n_good:
+        raise ValueError(f"Need n_good >= 1 and 0 <= false_alarms <= n_good, got {n_good} and {false_alarms}.")
+    if false_alarms == n_good:
+        return 1.0
+    return float(beta.ppf(confidence, false_alarms + 1, n_good - false_alarms))
+
+
+def good_images_needed(false_alarm_rate: float, confidence: float = 0.95, false_alarms: int = 0) -> int:
+    """How many good images must pass with at most `false_alarms` alarms to show the rate is below `false_alarm_rate`.
+
+    "Show" means with one-sided `confidence`: the smallest n whose
+    `false_alarm_upper_bound(n, false_alarms, confidence)` is at most the rate; about 3 / rate
+    for 0 alarms at 95 % (about 300 good images for a 1 % budget).
+    """
+    if not 0 < false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}.")
+
+    def enough(n: int) -> bool:
+        return false_alarm_upper_bound(n, false_alarms, confidence) <= false_alarm_rate
+
+    low = max(false_alarms + 1, math.floor(math.log(1 - confidence) / math.log(1 - false_alarm_rate)))  # k = 0: exact
+    high = low
+    while not enough(high):  # double until enough, then bisect: the bound falls as n grows
+        low, high = high, 2 * high
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid + 1, high)
+    return high
 
 
 def f1_optimal_threshold(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
