@@ -462,10 +462,10 @@ class ClassifyAndLocate(nn.Module):
     """A network with one trunk and two heads: class logits and a bounding box.
 
     Not a chain of layers (`nn.Sequential` cannot express it): `forward` returns a pair. The trunk
-    is `conv_bn` + 2x2 max-pool per stage; its maps are pooled to 4x4 (not to 1x1, which would
-    throw the position away) and flattened, then a linear class head gives logits
-    [B, n_classes] and a linear box head, through a sigmoid, gives [B, 4] = (x0, y0, x1, y1) as
-    fractions of the image side.
+    is `conv_bn` + 2x2 max-pool per stage. The class head keeps each map's largest value (what the
+    object is does not depend on where it is) and gives logits [B, n_classes]; the box head averages
+    the maps to a 4x4 grid (pooling to 1x1 would throw the position away), flattens it and gives,
+    through a sigmoid, [B, 4] = (x0, y0, x1, y1) as fractions of the image side.
     """
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64), n_classes: int = 10) -> None:
@@ -474,11 +474,11 @@ class ClassifyAndLocate(nn.Module):
         for width in widths:
             layers += [conv_bn(c_in, width), nn.MaxPool2d(2)]  # [B, width, H/2, W/2]
             c_in = width
-        self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())  # [B, C * 16]
-        self.classify = nn.Linear(c_in * 16, n_classes)
-        self.locate = nn.Linear(c_in * 16, 4)
+        self.trunk = nn.Sequential(*layers)
+        self.classify = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes))
+        self.locate = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, 4), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B, 3, H, W] -> (logits [B, n_classes], boxes [B, 4] in [0, 1])."""
-        h = self.trunk(x)  # [B, C * 16]: shared by both heads
-        return self.classify(h), torch.sigmoid(self.locate(h))  # [B, n_classes], [B, 4]
+        maps = self.trunk(x)  # [B, C, H / 2^stages, W / 2^stages]: shared by both heads
+        return self.classify(maps), self.locate(maps)  # [B, n_classes], [B, 4]

@@ -80,7 +80,7 @@ def test_classify_and_locate_returns_logits_and_boxes_and_both_heads_learn() -> 
     assert logits.shape == (5, 3) and boxes.shape == (5, 4)
     assert boxes.min() >= 0 and boxes.max() <= 1
     (logits.sum() + boxes.sum()).backward()
-    assert model.classify.weight.grad.abs().sum() > 0 and model.locate.weight.grad.abs().sum() > 0
+    assert model.classify[-1].weight.grad.abs().sum() > 0 and model.locate[-2].weight.grad.abs().sum() > 0
 
 
 # --- metrics: balanced accuracy and IoU ---
