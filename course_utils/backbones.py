@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -185,3 +186,23 @@ def extract_features(
     from course_utils.anomaly import run_in_batches
 
     return run_in_batches(extractor, images, batch_size, device)  # {layer: [N, C, h, w]}
+
+
+def hog_features(images: torch.Tensor, cell: int = 8, orientations: int = 9) -> np.ndarray:
+    """Hand-crafted features: a histogram of oriented gradients (HOG, Dalal & Triggs, 2005) per image.
+
+    The traditional counterpart of a CNN's features, with nothing learned: scikit-image's
+    `skimage.feature.hog` with `cell` x `cell` pixel cells, `orientations` gradient-direction bins
+    and 2x2-cell blocks (L2-Hys normalised), on the colour image (per pixel, the channel with the
+    strongest gradient). `images` uint8 [N, C, H, W] -> float32 [N, D]; for 32x32 images and the
+    defaults D = 3 * 3 blocks * 2 * 2 cells * 9 bins = 324.
+    """
+    from skimage.feature import hog
+
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(f"hog_features wants uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    pixels = images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C], the layout scikit-image expects
+    axis = -1 if pixels.shape[-1] > 1 else None
+    rows = [hog(p if axis else p[..., 0], orientations=orientations, pixels_per_cell=(cell, cell),
+                cells_per_block=(2, 2), channel_axis=axis) for p in pixels]
+    return np.stack(rows).astype(np.float32)  # [N, D]

@@ -1035,3 +1035,92 @@ def check_leaky_relu_std(fn: Any) -> bool:
     return check_function(fn, cases, "leaky_relu_std",
                           "for z symmetric around 0, half of E[z^2] comes from z > 0 (kept) and half from z < 0 "
                           "(multiplied by the slope): what fraction of E[z^2] survives?", atol=1e-9, mistakes=mistakes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 4, part 2: what a convolution costs, boxes, balanced accuracy
+# ---------------------------------------------------------------------------------------------
+
+def reference_conv_cost(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> tuple[int, int]:
+    """(parameters, multiply-adds) of a k x k convolution with biases, c_in -> c_out channels, output h_out x w_out."""
+    per_output = c_in * k * k  # one filter's weights: one multiply-add each, per output value
+    return c_out * (per_output + 1), c_out * h_out * w_out * per_output
+
+
+@exercise("conv_cost", reference_conv_cost)
+def check_conv_cost(fn: Any) -> bool:
+    """Exercise (lab 4): `conv_cost(c_in, c_out, k, h_out, w_out) -> (parameters, macs)` for one image."""
+    cases = [((c_in, c_out, k, h, w), reference_conv_cost(c_in, c_out, k, h, w))
+             for c_in, c_out, k, h, w in [(1, 6, 5, 28, 28), (3, 96, 11, 54, 54), (16, 8, 3, 7, 5), (192, 64, 1, 28, 28)]]
+    mistakes = {"the biases are missing from the parameters":
+                lambda c_in, c_out, k, h, w: (c_out * c_in * k * k, reference_conv_cost(c_in, c_out, k, h, w)[1]),
+                "a filter sees all input channels: the multiply-adds miss the factor c_in":
+                lambda c_in, c_out, k, h, w: (reference_conv_cost(c_in, c_out, k, h, w)[0], c_out * h * w * k * k),
+                "the multiply-adds count the biases too (one more per output value)":
+                lambda c_in, c_out, k, h, w: (reference_conv_cost(c_in, c_out, k, h, w)[0],
+                                              c_out * h * w * (c_in * k * k + 1))}
+    return check_function(fn, cases, "conv_cost",
+                          "count what one filter owns (its weights over all input channels, and a bias); a filter "
+                          "does one multiply-add per weight for every output value it produces", atol=0,
+                          mistakes=mistakes)
+
+
+def _overlap_over_sum(a: Sequence[float], b: Sequence[float]) -> float:
+    """A known mistake: the intersection divided by the sum of both areas (the shared part counted twice)."""
+    iou = reference_iou(a, b)
+    return iou / (1 + iou)  # inter / (area_a + area_b), since union = area_a + area_b - inter
+
+
+def reference_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1."""
+    width = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))  # overlap's width, 0 if apart
+    height = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
+    inter = width * height
+    area_a = (box_a[2] - box_a[0]) * (box_a[3] - box_a[1])
+    area_b = (box_b[2] - box_b[0]) * (box_b[3] - box_b[1])
+    return inter / (area_a + area_b - inter)
+
+
+@exercise("iou", reference_iou)
+def check_iou(fn: Any) -> bool:
+    """Exercise (lab 4): `iou(box_a, box_b) -> float` for boxes (x0, y0, x1, y1)."""
+    boxes = [((0, 0, 2, 2), (1, 1, 3, 3)), ((0.1, 0.2, 0.5, 0.6), (0.1, 0.2, 0.5, 0.6)),
+             ((0, 0, 4, 4), (1, 1, 2, 2)), ((0, 0, 1, 1), (2, 2, 3, 3)), ((0, 0, 1, 1), (0.5, 3, 2, 4)),
+             ((0.2, 0.1, 0.7, 0.4), (0.5, 0.3, 0.9, 0.9))]
+    cases = [((a, b), reference_iou(a, b)) for a, b in boxes]
+
+    def unclipped(a: Sequence[float], b: Sequence[float]) -> float:
+        inter = (min(a[2], b[2]) - max(a[0], b[0])) * (min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union
+
+    mistakes = {"boxes that do not overlap must give 0: a negative width or height of the overlap was not clipped":
+                unclipped,
+                "the union counts the overlap twice (area_a + area_b without subtracting the intersection)":
+                lambda a, b: _overlap_over_sum(a, b)}
+    return check_function(fn, cases, "iou",
+                          "the overlap of two boxes is a box too: its left edge is the larger of the two left "
+                          "edges, its right edge the smaller of the two right edges; if they cross, there is no "
+                          "overlap. The union is both areas minus what they share", mistakes=mistakes)
+
+
+def reference_balanced_accuracy(preds: Any, targets: Any) -> float:
+    """The mean over the classes present in `targets` of each class's accuracy (its recall)."""
+    preds, targets = _as_array(preds), _as_array(targets)
+    return float(np.mean([np.mean(preds[targets == c] == c) for c in np.unique(targets)]))
+
+
+@exercise("balanced_accuracy", reference_balanced_accuracy)
+def check_balanced_accuracy(fn: Any) -> bool:
+    """Exercise (lab 4): `balanced_accuracy(preds [N], targets [N]) -> float`, class indices in both."""
+    rng = _rng(3)
+    targets = [np.array([0] * 90 + [1] * 10), rng.choice(4, size=50, p=[0.7, 0.2, 0.05, 0.05]), np.array([2, 2, 0, 0])]
+    preds = [np.zeros(100, dtype=np.int64), np.where(rng.random(50) < 0.6, targets[1], rng.integers(0, 4, 50)),
+             np.array([2, 1, 0, 1])]
+    cases = [((p, t), reference_balanced_accuracy(p, t)) for p, t in zip(preds, targets)]
+    mistakes = {"this is the plain accuracy, in which the common classes count more": lambda p, t: float(np.mean(p == t)),
+                "this averages over the predicted classes (the precision), not over the true ones":
+                lambda p, t: float(np.mean([np.mean(t[p == c] == c) for c in np.unique(p)]))}
+    return check_function(fn, cases, "balanced_accuracy",
+                          "split the images by their TRUE class, take the accuracy within each class, then give "
+                          "every class the same weight, however many images it has", atol=1e-9, mistakes=mistakes)

@@ -1,6 +1,7 @@
 """How good is a model? Classification metrics and the anomaly-detection metrics of MVTec AD.
 
-Classification (labs 1, 2, 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`, and
+Classification (labs 1, 2, 4): `accuracy`, `confusion_matrix`, `per_class_accuracy`, `balanced_accuracy`,
+`box_iou` (for boxes), and
 `accuracy_difference_interval`/`compare_accuracies`, which say whether two accuracies differ by
 more than the noise of their evaluation sets; `paired_accuracy_difference_interval`/
 `compare_paired_accuracies` do the same for two classifiers scored on the same images.
@@ -148,6 +149,41 @@ def per_class_accuracy(preds: ArrayLike, targets: ArrayLike, n_classes: int) -> 
     cm = confusion_matrix(preds, targets, n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.diag(cm) / cm.sum(axis=1)
+
+
+def balanced_accuracy(preds: ArrayLike, targets: ArrayLike, n_classes: int | None = None) -> float:
+    """The mean of the per-class accuracies (recalls) of the classes present in `targets`.
+
+    On a balanced set it equals the accuracy; on an imbalanced one every class counts the same,
+    however rare, so a model that ignores a rare class cannot hide behind the common ones (a
+    constant guess scores 1/K). For two classes it is (sensitivity + specificity) / 2. Same value as
+    `sklearn.metrics.balanced_accuracy_score`. `preds` are class indices [N] or logits [N, C].
+    """
+    preds, targets = _as_predictions(preds), _numpy(targets).astype(np.int64)
+    n = int(max(preds.max(initial=0), targets.max(initial=0)) + 1) if n_classes is None else n_classes
+    recalls = per_class_accuracy(preds, targets, n)  # [K], NaN for absent classes
+    return float(np.nanmean(recalls))
+
+
+def box_iou(boxes_a: ArrayLike, boxes_b: ArrayLike) -> np.ndarray:
+    """Intersection over union of matching boxes: [N, 4] and [N, 4] -> [N], boxes as (x0, y0, x1, y1).
+
+    The overlap's area divided by the area of the union (0: apart, 1: identical). A box with
+    x1 < x0 or y1 < y0 has no area. Row i of `boxes_a` is compared with row i of `boxes_b` (the
+    diagonal of `torchvision.ops.box_iou`, which compares all pairs).
+    """
+    a, b = _numpy(boxes_a).astype(np.float64), _numpy(boxes_b).astype(np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"boxes must be two arrays [N, 4] of (x0, y0, x1, y1), got {a.shape} and {b.shape}")
+
+    def area(box: np.ndarray) -> np.ndarray:
+        return np.clip(box[:, 2] - box[:, 0], 0, None) * np.clip(box[:, 3] - box[:, 1], 0, None)  # [N]
+
+    overlap = np.concatenate([np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])], axis=1)  # [N, 4]
+    inter = area(overlap)  # [N]
+    union = area(a) + area(b) - inter  # [N]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
 
 
 # --------------------------------------------------------------------------------------------

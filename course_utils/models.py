@@ -13,6 +13,7 @@ initialisation.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -375,3 +376,172 @@ def layer_statistics(depth: int, width: int, std: float, activation=torch.relu, 
     (h * readout).sum().backward()  # dLoss/d(last output) = readout: std 1, independent across examples
     return {"activation": [out.std().item() for out in outputs],
             "gradient": [out.grad.std().item() for out in outputs]}
+
+
+# --- Lab 4, part 2: what a layer costs; LeNet, AlexNet, an Inception block; deep stacks; two heads ---
+
+_COUNTED = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """Parameters and multiply-adds of every convolution, dense and pooling layer for one input.
+
+    Runs one zero input of `input_shape` (e.g. `(3, 224, 224)`, without the batch axis) through
+    `model` with forward hooks and returns one dict per layer, in the order they ran: `layer` (its
+    name), `kind` (the class name), `output` (the output shape without the batch axis),
+    `parameters` (weights and biases) and `macs` (multiply-adds for one image: a convolution does
+    `C_in/groups * k_h * k_w` of them per output value, a dense layer `in_features` per output;
+    additions of biases and pooling comparisons are not counted).
+    """
+    if len(input_shape) not in (1, 3):
+        raise ValueError(f"input_shape is one input without the batch axis, e.g. (3, 224, 224); got {input_shape}")
+    rows: list[dict] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            per_output = 0
+            if isinstance(module, nn.Conv2d):
+                per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            elif isinstance(module, nn.Linear):
+                per_output = module.in_features
+            rows.append({"layer": name, "kind": type(module).__name__, "output": tuple(output.shape[1:]),
+                         "parameters": sum(p.numel() for p in module.parameters()),
+                         "macs": per_output * output[0].numel()})
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, _COUNTED)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))  # [1, ...]: one input
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
+def lenet5(in_channels: int = 1, n_classes: int = 10) -> nn.Sequential:
+    """LeNet-5 as the slides (deck 002) count it: 32x32 input, two 5x5 convs (6, 16), dense 400-120-84-10.
+
+    Max-pooling and ReLU stand in for the original's subsampling layers and tanh, and conv2 sees all
+    6 input maps (LeNet-5's partial connection table is left out): the costs are those of the slides'
+    table. With `in_channels=3` this is the lab's `Net`. Layer names: conv1, pool1, conv2, pool2, fc1-fc3.
+    """
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 6, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),  # [B, 6, 14, 14]
+        ("conv2", nn.Conv2d(6, 16, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),  # [B, 16, 5, 5]
+        ("flatten", nn.Flatten()),  # [B, 400]
+        ("fc1", nn.Linear(400, 120)), ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(120, 84)), ("relu4", nn.ReLU()),
+        ("fc3", nn.Linear(84, n_classes))]))
+
+
+def alexnet(n_classes: int = 1000) -> nn.Sequential:
+    """AlexNet (Krizhevsky et al., 2012) on 224x224 images, in one tower, as the slides (deck 002) count it.
+
+    conv1 11x11/4 (96) -> 3x3/2 max-pool -> conv2 5x5 (256) -> pool -> conv3, conv4 3x3 (384) ->
+    conv5 3x3 (256) -> pool -> dense 4096, 4096, `n_classes`. At 224 px without padding conv1 gives
+    54x54 maps and the last pool 5x5x256 = 6,400 features (the paper's 227 px gives 55x55 and 6x6).
+    The paper split conv2, conv4 and conv5 over two GPUs (grouped convolutions); here they are whole,
+    as in the slides' counts. Local response normalisation (no parameters) is left out. Layer names:
+    conv1-conv5, pool1, pool2, pool5, dense1-dense3.
+    """
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 96, 11, stride=4)), ("relu1", nn.ReLU()),  # [B, 96, 54, 54]
+        ("pool1", nn.MaxPool2d(3, 2)),  # [B, 96, 26, 26]
+        ("conv2", nn.Conv2d(96, 256, 5, padding=2)), ("relu2", nn.ReLU()),  # [B, 256, 26, 26]
+        ("pool2", nn.MaxPool2d(3, 2)),  # [B, 256, 12, 12]
+        ("conv3", nn.Conv2d(256, 384, 3, padding=1)), ("relu3", nn.ReLU()),  # [B, 384, 12, 12]
+        ("conv4", nn.Conv2d(384, 384, 3, padding=1)), ("relu4", nn.ReLU()),  # [B, 384, 12, 12]
+        ("conv5", nn.Conv2d(384, 256, 3, padding=1)), ("relu5", nn.ReLU()),  # [B, 256, 12, 12]
+        ("pool5", nn.MaxPool2d(3, 2)),  # [B, 256, 5, 5]
+        ("flatten", nn.Flatten()),  # [B, 6400]
+        ("drop1", nn.Dropout(0.5)), ("dense1", nn.Linear(256 * 5 * 5, 4096)), ("relu6", nn.ReLU()),  # [B, 4096]
+        ("drop2", nn.Dropout(0.5)), ("dense2", nn.Linear(4096, 4096)), ("relu7", nn.ReLU()),  # [B, 4096]
+        ("dense3", nn.Linear(4096, n_classes))]))  # [B, n_classes]
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's Inception block (Szegedy et al., 2015): four branches side by side, concatenated.
+
+    1x1 conv (`c1`); 1x1 reduction to `r3` then 3x3 (`c3`); 1x1 reduction to `r5` then 5x5 (`c5`);
+    3x3 max-pool then 1x1 (`cp`). [B, c_in, H, W] -> [B, c1 + c3 + c5 + cp, H, W]. The defaults are
+    block 3a: 192 -> 64 + 128 + 32 + 32 = 256 channels. The 1x1 reductions make the 3x3 and 5x5
+    convolutions cheap: they see `r3` and `r5` channels instead of `c_in`.
+    """
+
+    def __init__(self, c_in: int = 192, c1: int = 64, r3: int = 96, c3: int = 128, r5: int = 16, c5: int = 32,
+                 cp: int = 32) -> None:
+        super().__init__()
+        relu = nn.ReLU
+        self.branch1 = nn.Sequential(nn.Conv2d(c_in, c1, 1), relu())
+        self.branch3 = nn.Sequential(nn.Conv2d(c_in, r3, 1), relu(), nn.Conv2d(r3, c3, 3, padding=1), relu())
+        self.branch5 = nn.Sequential(nn.Conv2d(c_in, r5, 1), relu(), nn.Conv2d(r5, c5, 5, padding=2), relu())
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, padding=1), nn.Conv2d(c_in, cp, 1), relu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, c_in, H, W] -> the four branches concatenated along channels [B, c1 + c3 + c5 + cp, H, W]."""
+        branches = (self.branch1, self.branch3, self.branch5, self.branch_pool)
+        return torch.cat([branch(x) for branch in branches], dim=1)  # [B, c1 + c3 + c5 + cp, H, W]
+
+
+class DeepStack(nn.Module):
+    """A deep stack of `depth` identical 3x3 conv + ReLU layers, plain or with skip connections.
+
+    Made to look at gradients, not to train well: no BatchNorm, PyTorch's default initialisation.
+    Each layer is conv(relu(x)); `residual=True` makes it x + conv(relu(x)). [B, 3, H, W] -> stem -> layers ->
+    global average pool -> logits [B, n_classes]. `self.layers[i].weight` is the i-th conv.
+    """
+
+    def __init__(self, depth: int = 20, width: int = 16, residual: bool = False, n_classes: int = 10) -> None:
+        super().__init__()
+        self.residual = residual
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.layers = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth))
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n_classes] of images [B, 3, H, W]."""
+        x = self.stem(x)  # [B, width, H, W]
+        for conv in self.layers:
+            h = conv(F.relu(x))  # [B, width, H, W]
+            x = x + h if self.residual else h
+        return self.head(x.mean((2, 3)))  # [B, width] -> [B, n_classes]
+
+
+def layer_gradient_norms(model: DeepStack, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """The gradient norm of each stacked layer's weight after one backward pass of the cross-entropy.
+
+    `images` [B, 3, H, W], `labels` [B]. Returns one float per layer of `model.layers`, first layer
+    first. Gradients that shrink towards the first layers are the vanishing-gradient problem.
+    """
+    model.zero_grad()
+    F.cross_entropy(model(images), labels).backward()
+    return [conv.weight.grad.norm().item() for conv in model.layers]
+
+
+class ClassifyAndLocate(nn.Module):
+    """A network with one trunk and two heads: class logits and a bounding box.
+
+    Not a chain of layers (`nn.Sequential` cannot express it): `forward` returns a pair. The trunk
+    is `conv_bn` + 2x2 max-pool per stage. The class head keeps each map's largest value (what the
+    object is does not depend on where it is) and gives logits [B, n_classes]; the box head averages
+    the maps to a 4x4 grid (pooling to 1x1 would throw the position away), flattens it and gives,
+    through a sigmoid, [B, 4] = (x0, y0, x1, y1) as fractions of the image side.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), n_classes: int = 10) -> None:
+        super().__init__()
+        layers, c_in = [], 3
+        for width in widths:
+            layers += [conv_bn(c_in, width), nn.MaxPool2d(2)]  # [B, width, H/2, W/2]
+            c_in = width
+        self.trunk = nn.Sequential(*layers)
+        self.classify = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes))
+        self.locate = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, 4), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, H, W] -> (logits [B, n_classes], boxes [B, 4] in [0, 1])."""
+        maps = self.trunk(x)  # [B, C, H / 2^stages, W / 2^stages]: shared by both heads
+        return self.classify(maps), self.locate(maps)  # [B, n_classes], [B, 4]

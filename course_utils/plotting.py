@@ -467,3 +467,49 @@ def plot_decision_boundaries(predictors: dict, points, labels, resolution: int =
     fig.tight_layout()
     fig.colorbar(filled, ax=list(axes[0]), fraction=0.03, label="probability of class 1")
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 4, part 2: boxes and per-layer curves
+# --------------------------------------------------------------------------------------------
+
+def show_boxes(images, true_boxes, pred_boxes=None, titles: Sequence[str] | None = None, ncols: int = 8) -> Figure:
+    """Images with their true box (green, solid) and a predicted box (red, dashed).
+
+    Boxes [N, 4] are (x0, y0, x1, y1) as fractions of the image side (`cu.data.paste_on_canvas`'s
+    format). `titles` (one per image) can carry the class and the IoU.
+    """
+    from matplotlib.patches import Rectangle
+
+    arrays = _as_images(images)
+    fig, axes = _grid(len(arrays), ncols, (2.0, 2.0))
+    for i, ax in enumerate(axes):
+        _imshow(ax, arrays[i])
+        h, w = arrays[i].shape[:2]
+        for boxes, colour, style in ((true_boxes, "lime", "-"), (pred_boxes, "red", "--")):
+            if boxes is None:
+                continue
+            x0, y0, x1, y1 = _numpy(boxes)[i] * np.array([w, h, w, h])
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                   linestyle=style, linewidth=2))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_values(curves: dict[str, Sequence[float]], ylabel: str, title: str = "",
+                      log: bool = True) -> Figure:
+    """One line per named curve of a value per layer (e.g. gradient norms), layer 1 on the left."""
+    fig, axes = _figure(1, 1, (6.5, 3.8))
+    ax = axes[0, 0]
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="layer (1 = nearest the input)", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig

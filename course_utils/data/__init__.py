@@ -4,8 +4,9 @@ Everything here returns plain tensors so that the labs can show every step. One 
 
 - `paths`: `DATA_DIR` (`<course>/data`, or `$COURSE_DATA`) for downloads and generated data sets,
   `build_dir(...)` (`<course>/build/...`) for what the labs write (checkpoints, logs).
-- `images`: `read_image`, `read_mask`, `resize_mask` (any file format, mode and size) and `normalize_uint8`
-  (uint8 images -> floats in [0, 1], standardised per channel if you pass a mean and std).
+- `images`: `read_image`, `read_mask`, `resize_mask` (any file format, mode and size), `normalize_uint8`
+  (uint8 images -> floats in [0, 1], standardised per channel if you pass a mean and std) and
+  `paste_on_canvas` (images at random places on a larger canvas, with their boxes: lab 4's localisation).
 - `cifar` (labs 1-4): `load_cifar10` reads a local copy, the cached download or, offline in fast
   mode, a loudly announced stand-in made from scikit-learn's handwritten digits; `make_loaders`
   and `BatchAugmenter` turn it into normalised, optionally augmented batches.
@@ -52,6 +53,7 @@ from course_utils.data.download import (
 from course_utils.data.images import (
     IMAGE_EXTENSIONS,
     normalize_uint8,
+    paste_on_canvas,
     read_image,
     read_mask,
     resize_mask,
@@ -76,5 +78,6 @@ __all__ = [
     "add_defect", "build_dir", "check_mvtec_layout", "default_anomaly_root", "digits_stand_in",
     "download_file", "download_mvtec", "list_samples", "load_anomaly_data", "load_cifar10",
     "load_image_folder", "make_defect_dataset", "make_loaders", "make_test_loader", "normalize_uint8",
+    "paste_on_canvas",
     "random_crop_flip", "read_image", "read_mask", "resize_mask", "sha256_of",
 ]

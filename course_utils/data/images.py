@@ -119,3 +119,34 @@ def normalize_uint8(images: torch.Tensor, mean: Sequence[float] | None = None,
     mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)  # [C, 1, 1]
     std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)  # [C, 1, 1]
     return (x - mean_t) / std_t  # [..., C, H, W]
+
+
+def paste_on_canvas(images: torch.Tensor, canvas: int = 64, sizes: tuple[int, int] = (20, 40),
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste each image, resized, at a random place on a dark canvas: a data set for localisation.
+
+    `images` uint8 [N, C, H, W] -> (canvases uint8 [N, C, canvas, canvas], boxes float32 [N, 4]).
+    Each image is resized to a random side in `sizes` (inclusive) and put at a random position;
+    its box is (x0, y0, x1, y1) as fractions of the canvas side (0..1), the format of
+    `cu.metrics.box_iou`. The background is dark noise, so the box is learnable but not trivial.
+    The same `seed` gives the same canvases.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(f"paste_on_canvas wants uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    low, high = sizes
+    if not 1 <= low <= high <= canvas:
+        raise ValueError(f"sizes must satisfy 1 <= low <= high <= canvas ({canvas}), got {sizes}")
+    g = torch.Generator().manual_seed(seed)
+    n, c = images.shape[:2]
+    out = torch.randint(0, 40, (n, c, canvas, canvas), generator=g, dtype=torch.uint8)  # [N, C, S, S] dark noise
+    sides = torch.randint(low, high + 1, (n,), generator=g)  # [N]
+    corners = (torch.rand(n, 2, generator=g) * (canvas - sides + 1)[:, None]).long()  # [N, 2] = (x0, y0)
+    for side in sides.unique().tolist():  # resize all images of one side at once
+        index = (sides == side).nonzero().flatten()
+        resized = F.interpolate(images[index].float(), size=(side, side), mode="bilinear", align_corners=False)
+        resized = resized.round().clamp(0, 255).to(torch.uint8)  # [n_side, C, side, side]
+        for i, patch in zip(index.tolist(), resized):
+            x0, y0 = corners[i].tolist()
+            out[i, :, y0:y0 + side, x0:x0 + side] = patch
+    boxes = torch.cat([corners, corners + sides[:, None]], dim=1).float() / canvas  # [N, 4] = (x0, y0, x1, y1)
+    return out, boxes
