@@ -158,3 +158,33 @@ def test_solved_or_reference_picks_the_right_one(capsys):
     assert checks.solved_or_reference(4_500_100, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(4_500_000, 4_500_100, "count") == 4_500_100
     assert checks.solved_or_reference(mine, reference, "relu_backward") is reference  # functions need a check
+
+
+def test_scenarios_checker_wants_three_answers_that_name_a_setting(capsys):
+    from course_utils import checks
+
+    assert not checks.check_scenarios(None)
+    assert not checks.check_scenarios({"screws": "good screws", "bank": "", "coffee": ""})
+    assert "screws, bank, coffee" in capsys.readouterr().out
+    vague = {k: "a long answer " * 10 for k in checks.SCENARIOS}
+    assert not checks.check_scenarios(vague)
+    assert "name a setting" in capsys.readouterr().out
+    assert checks.check_scenarios(checks.reference_scenarios())
+    checks.solution("scenarios")
+    assert "fair-trade" in capsys.readouterr().out
+
+
+def test_contrastive_loss_checker_accepts_the_formula_and_names_mistakes(capsys):
+    import torch
+
+    from course_utils import checks, losses
+
+    assert checks.check_contrastive_loss(losses.contrastive_loss)
+    assert not checks.check_contrastive_loss(lambda d, s, m: (s * d**2 + (1 - s) * (m - d) ** 2).mean())
+    assert "clamp at 0 is missing" in capsys.readouterr().out
+    assert not checks.check_contrastive_loss(lambda d, s, m: None)
+    # the loss itself: a similar pair costs d^2, a dissimilar one (m - d)^2 inside the margin, 0 beyond
+    d, s = torch.tensor([0.5, 0.5, 2.0]), torch.tensor([1.0, 0.0, 0.0])
+    assert float(losses.contrastive_loss(d, s, margin=1.0)) == pytest.approx((0.25 + 0.25 + 0.0) / 3)
+    with pytest.raises(ValueError, match="same shape"):
+        losses.contrastive_loss(d, s[:2])
