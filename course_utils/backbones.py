@@ -206,3 +206,23 @@ def hog_features(images: torch.Tensor, cell: int = 8, orientations: int = 9) -> 
     rows = [hog(p if axis else p[..., 0], orientations=orientations, pixels_per_cell=(cell, cell),
                 cells_per_block=(2, 2), channel_axis=axis) for p in pixels]
     return np.stack(rows).astype(np.float32)  # [N, D]
+
+
+def pooled_features(extractor: FeatureExtractor, images: torch.Tensor, pooling: str = "mean",
+                    batch_size: int = 32, device: torch.device | None = None) -> torch.Tensor:
+    """One vector per image [N, D]: each layer of `extractor` pooled over all positions, layers concatenated.
+
+    `pooling` is "mean" (global average pooling, what a classifier head sees), "max" (the strongest
+    response anywhere: a small defect can still move it) or "meanmax" (both, 2 x the channels).
+    Images [N, 3, H, W] in [0, 1]; returns a CPU tensor. Labs 5 and 7 feed these vectors to
+    scikit-learn's detectors and classifiers.
+    """
+    pools = {"mean": ("mean",), "max": ("max",), "meanmax": ("mean", "max")}
+    if pooling not in pools:
+        raise ValueError(f"pooling must be 'mean', 'max' or 'meanmax', not {pooling!r}.")
+    maps = extract_features(extractor, images, batch_size, device)  # {layer: [N, C, h, w]}
+    vectors = []
+    for fmap in maps.values():
+        flat = fmap.flatten(2)  # [N, C, h*w]
+        vectors += [flat.mean(dim=2) if kind == "mean" else flat.amax(dim=2) for kind in pools[pooling]]
+    return torch.cat(vectors, dim=1)  # [N, D]

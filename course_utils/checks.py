@@ -1124,3 +1124,89 @@ def check_balanced_accuracy(fn: Any) -> bool:
     return check_function(fn, cases, "balanced_accuracy",
                           "split the images by their TRUE class, take the accuracy within each class, then give "
                           "every class the same weight, however many images it has", atol=1e-9, mistakes=mistakes)
+
+
+# Lab 5: the slides' three scenarios (free text); lab 7: the contrastive loss (issue #15)
+# ---------------------------------------------------------------------------------------------
+
+SCENARIOS = ("screws", "bank", "coffee")
+_SETTINGS = ("supervised", "semi-supervised", "unsupervised", "novelty", "outlier")
+
+
+def reference_scenarios() -> dict[str, str]:
+    """Our model answers to lab 5's scenarios: normal, anomalous, the data, the setting. Others can be right too."""
+    return {
+        "screws": "Normal: screws of the current type, within tolerance. Anomalous: bent or broken screws, "
+                  "missing or damaged threads, wrong heads; and a screw of the previous type after a "
+                  "changeover (normal last week, anomalous now: a context anomaly). Data: camera images of "
+                  "every screw (plus machine signals and the changeover log); millions of good screws, rare "
+                  "and varied defects, hardly any labels. Setting: semi-supervised novelty detection, one model "
+                  "of 'good' per screw type, trained on clean good images (this lab); after every changeover "
+                  "it must be refitted from a few good images of the new type (lab 7's few-shot curve).",
+        "bank": "Normal: a developer reads a few customer records at a time, during working hours, for their "
+                "tickets. Anomalous: a bulk download of many records, at an odd time or to an odd destination "
+                "(data theft) - yet a planned migration looks the same, so the context (ticket, approval) "
+                "decides. Data: access logs (user, time, query, rows, destination), unlabelled and possibly "
+                "already containing past incidents; almost no labelled thefts. Setting: unsupervised outlier "
+                "detection in the logs (e.g. an isolation forest on per-user features), compared with each "
+                "user's own history (a pattern anomaly); a person reviews what is flagged.",
+        "coffee": "Normal: beans from certified fair-trade farms, in the quantities those farms can grow, at "
+                  "fair-trade prices, of the declared grade. Anomalous: non-certified beans blended in or "
+                  "relabelled (a farm selling more than it can harvest, prices below the fair-trade minimum), "
+                  "and defective beans (mould, insect damage, broken). Data: supply-chain records (farms, "
+                  "certificates, quantities, prices, routes) and samples or images of beans. Setting: "
+                  "unsupervised outlier or pattern detection on the records; for bean defects, whose kinds are "
+                  "known and graded, supervised classification is feasible, or novelty detection on good beans.",
+    }
+
+
+@exercise("scenarios", reference_scenarios)
+def check_scenarios(answers: Any) -> bool:
+    """Exercise (lab 5): `scenarios = {"screws": str, "bank": str, "coffee": str}`, free text.
+
+    There is no single right answer, so this checks only that each scenario got a few sentences that
+    name a setting (supervised, semi-supervised, unsupervised, novelty or outlier detection).
+    """
+    if not isinstance(answers, dict):
+        return report(False, f"scenarios: {NOT_SOLVED} (expected a dict with keys {', '.join(SCENARIOS)})")
+    missing = [k for k in SCENARIOS if len(str(answers.get(k) or "").split()) < 15]
+    if missing:
+        return report(False, f"scenarios: {NOT_SOLVED} for {', '.join(missing)} (a few sentences each)",
+                      "for each: what is normal, what would be anomalous, what data you would see, which setting")
+    unnamed = [k for k in SCENARIOS if not any(s in str(answers[k]).lower() for s in _SETTINGS)]
+    if unnamed:
+        return report(False, f"scenarios: name a setting for {', '.join(unnamed)}",
+                      "supervised, semi-supervised (novelty detection) or unsupervised (outlier detection)?")
+    return report(True, "scenarios: answered; now compare with our model answers: cu.checks.solution('scenarios')")
+
+
+def reference_contrastive_loss(distances: Any, similar: Any, margin: float) -> Any:
+    """Hadsell et al.'s contrastive loss, mean over pairs: s d^2 + (1 - s) max(0, margin - d)^2."""
+    from course_utils.losses import contrastive_loss
+
+    return contrastive_loss(distances, similar, margin)
+
+
+def check_contrastive_loss(fn: Any) -> bool:
+    """Exercise (lab 7): `contrastive_loss(distances [P], similar [P], margin) -> scalar` (mean over pairs)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for p, margin in [(6, 1.0), (50, 2.5)]:
+        distances = 3 * torch.rand(p, generator=g)  # [P], some beyond the margin
+        similar = (torch.rand(p, generator=g) < 0.5).float()  # [P]
+        cases.append(((distances, similar, margin), reference_contrastive_loss(distances, similar, margin)))
+    mistakes = {"dissimilar pairs beyond the margin still count (a clamp at 0 is missing)":
+                    lambda d, s, m: (s * d**2 + (1 - s) * (m - d) ** 2).mean(),
+                "the dissimilar term is not squared": lambda d, s, m: (s * d**2 + (1 - s) * (m - d).clamp(min=0)).mean(),
+                "the two terms are swapped (similar pairs pushed apart)":
+                    lambda d, s, m: ((1 - s) * d**2 + s * (m - d).clamp(min=0) ** 2).mean(),
+                "summed over pairs instead of averaged": lambda d, s, m: (s * d**2 + (1 - s) * (m - d).clamp(min=0) ** 2).sum()}
+    return check_function(fn, cases, "contrastive_loss",
+                          "a similar pair costs its squared distance; a dissimilar pair costs only while it is closer "
+                          "than the margin (then by how much, squared); average over the pairs",
+                          atol=1e-5, mistakes=mistakes)
+
+
+_register("contrastive_loss", "check_contrastive_loss", reference_contrastive_loss)

@@ -511,3 +511,101 @@ class AnomalibDetector(Detector):
                 scores.append(out.pred_score.reshape(-1).float().cpu())  # [b]
                 maps.append(out.anomaly_map.reshape(len(batch), *out.anomaly_map.shape[-2:]).float().cpu())  # [b, H, W]
         return torch.cat(maps), torch.cat(scores)  # [N, H, W], [N]
+
+
+# --------------------------------------------------------------------------------------------
+# Lab 5: classical detectors (scikit-learn) on one vector per image
+# --------------------------------------------------------------------------------------------
+
+CLASSICAL_METHODS = ("isolation_forest", "lof", "ocsvm")
+
+
+def classical_estimator(method: str, n_train: int, seed: int = 0):
+    """A scikit-learn novelty detector with lab 5's settings, fixed in advance (not tuned on any test set).
+
+    "isolation_forest": `IsolationForest(n_estimators=200)` (Liu et al., 2008); "lof":
+    `LocalOutlierFactor(n_neighbors=min(20, n_train - 1), novelty=True)` (Breunig et al., 2000),
+    `novelty=True` so that it scores new images instead of only its training set; "ocsvm":
+    `OneClassSVM(nu=0.1, gamma="scale")` (Schölkopf et al., 2001). Their `score_samples` is high
+    for normal data.
+    """
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.svm import OneClassSVM
+
+    if method == "isolation_forest":
+        return IsolationForest(n_estimators=200, random_state=seed)
+    if method == "lof":
+        return LocalOutlierFactor(n_neighbors=max(1, min(20, n_train - 1)), novelty=True)
+    if method == "ocsvm":
+        return OneClassSVM(nu=0.1, gamma="scale")
+    raise ValueError(f"method must be one of {CLASSICAL_METHODS}, not {method!r}.")
+
+
+class ClassicalDetector(Detector):
+    """Isolation forest, local outlier factor or one-class SVM on one vector per image (lab 5).
+
+    fit(good images [N, 3, H, W]) turns each image into a vector: `features="pca"` flattens the
+    pixels and keeps the codes of their first `n_components` principal directions (fitted on the
+    good images), `features="backbone"` pools the pretrained feature maps of `layers`
+    (`cu.backbones.pooled_features`, `pooling`; by default the maximum over positions of the stages
+    lab 7's PatchCore uses, so that a small defect can still move the vector); the vectors are standardised with the good
+    images' mean and standard deviation, and the `method`'s scikit-learn estimator
+    (`classical_estimator`) is fitted on them. predict: the image score is minus the estimator's
+    `score_samples` (high = anomalous). These detectors score whole images: `Prediction.maps` is
+    None (no pixel AUROC, no PRO). The fitted scikit-learn objects are attributes, not buffers:
+    pickle the detector to keep it.
+    """
+
+    def __init__(self, method: str = "isolation_forest", features: str = "backbone", n_components: int = 16,
+                 backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.3"),
+                 pooling: str = "max", batch_size: int = 32, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(0.0, "max", 0.01, batch_size, device)
+        if method not in CLASSICAL_METHODS:
+            raise ValueError(f"method must be one of {CLASSICAL_METHODS}, not {method!r}.")
+        if features not in ("pca", "backbone"):
+            raise ValueError(f"features must be 'pca' (pixel PCA codes) or 'backbone' (pretrained), not {features!r}.")
+        self.method, self.features_kind, self.n_components = method, features, n_components
+        self.layers, self.pooling, self.seed = tuple(layers), pooling, seed
+        self.extractor = None
+        if features == "backbone":
+            from course_utils.backbones import FeatureExtractor, pretrained_backbone
+
+            backbone = backbone if backbone is not None else pretrained_backbone("efficientnet_lite0")
+            self.extractor = FeatureExtractor(backbone, self.layers)
+        self.pca = self.scaler = self.estimator = None  # scikit-learn objects, set by fit
+
+    def vectors(self, images: torch.Tensor) -> torch.Tensor:
+        """Standardised vectors [N, D] of images [N, 3, H, W] (fit must have run: PCA and scaler are fitted)."""
+        self._require_fit()
+        return torch.from_numpy(self.scaler.transform(self._raw_vectors(images))).float()
+
+    def _raw_vectors(self, images: torch.Tensor):
+        """Unstandardised vectors [N, D] as a NumPy array: PCA codes or pooled backbone features."""
+        from course_utils.backbones import pooled_features
+
+        if self.features_kind == "pca":
+            return self.pca.transform(images.flatten(1).numpy())  # [N, k]
+        return pooled_features(self.extractor, images, self.pooling, self.batch_size, self.device).numpy()  # [N, D]
+
+    def _fit(self, images: torch.Tensor) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        if self.features_kind == "pca":
+            k = min(self.n_components, len(images) - 1, images[0].numel())
+            self.pca = PCA(n_components=k, random_state=self.seed).fit(images.flatten(1).numpy())
+        raw = self._raw_vectors(images)  # [N, D]
+        self.scaler = StandardScaler().fit(raw)
+        self.estimator = classical_estimator(self.method, len(images), self.seed).fit(self.scaler.transform(raw))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Image scores [N] (minus `score_samples`: high = anomalous) and maps None, for images [N, 3, H, W]."""
+        self._require_fit()
+        _check_images(images)
+        start = time.perf_counter()
+        scores = -self.estimator.score_samples(self.vectors(images).numpy())  # [N]
+        self.predict_seconds = time.perf_counter() - start
+        return Prediction(torch.as_tensor(scores).float(), None)

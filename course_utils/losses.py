@@ -9,6 +9,9 @@ fixes that in two ways:
 - `FeatureLoss`: compare images in the feature space of the ImageNet-trained EfficientNet-Lite0,
   at several depths (Johnson et al., 2016, "Perceptual losses for real-time style transfer and
   super-resolution"), optionally with their Gram matrices (texture statistics, Gatys et al.).
+
+Lab 7 adds `contrastive_loss` (Hadsell et al., 2006): a margin loss on pairs that trains an
+embedding in which similar things are close (few-shot learning with a metric).
 """
 
 from __future__ import annotations
@@ -179,3 +182,21 @@ class FeatureLoss(nn.Module):
             d = ((fo - ft) ** 2).mean(dim=1)  # [B, h, w]
             total += w * to_image_maps(d, size, sigma=0, stride=stride, offset=offset, align=self.align)  # [B, H, W]
         return total
+
+
+def contrastive_loss(distances: torch.Tensor, similar: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """The contrastive loss of Hadsell, Chopra and LeCun (2006), averaged over pairs.
+
+    `distances` [P] are the embedding distances of P pairs, `similar` [P] is 1 for a pair that
+    should be close and 0 for one that should be at least `margin` apart:
+    $\\ell = s\\,d^2 + (1 - s)\\max(0, m - d)^2$. Similar pairs are pulled together; dissimilar
+    pairs are pushed out only until they are `margin` apart, after which they cost nothing (so the
+    embedding cannot win by blowing everything apart).
+    """
+    if distances.shape != similar.shape:
+        raise ValueError(f"distances {tuple(distances.shape)} and similar {tuple(similar.shape)} must have "
+                         "the same shape: one distance and one 0/1 label per pair.")
+    similar = similar.to(distances.dtype)
+    pull = similar * distances**2  # [P]
+    push = (1 - similar) * (margin - distances).clamp(min=0) ** 2  # [P]
+    return (pull + push).mean()

@@ -14,7 +14,7 @@ images only; `false_alarm_upper_bound` and `good_images_needed` say how sure it 
 `evaluate` computes all of these for one detector on a test split, `results_table` prints
 detectors side by side, and `auroc_interval`/`auroc_difference_interval` (image AUROC) and
 `pixel_auroc_difference_interval` say whether a difference is larger than the noise of a small
-test set.
+test set; `compare_aurocs` turns the image-AUROC one into a verdict ("ahead", "behind", "a tie").
 Every function takes tensors or NumPy arrays and returns plain floats / arrays.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -438,6 +439,39 @@ def auroc_difference_interval(labels: ArrayLike, scores_a: ArrayLike, scores_b: 
     """
     aurocs = _bootstrap_aurocs(labels, [scores_a, scores_b], n_boot, seed)  # [B, 2]
     return _percentile_interval(aurocs[:, 0] - aurocs[:, 1], level)
+
+
+class AurocComparison(NamedTuple):
+    """What `compare_aurocs` returns: the verdict, the difference AUROC(a) - AUROC(b) and its interval."""
+
+    verdict: str  # "ahead", "behind" or "a tie", as `compare_accuracies` says it
+    difference: float
+    low: float
+    high: float
+    level: float
+
+    def sentence(self, name_a: str = "a", name_b: str = "b") -> str:
+        """One printable sentence, e.g. `PCA - autoencoder: +0.012 (95% interval -0.020 to +0.045): a tie`."""
+        verdict = ("a tie (the interval contains 0)" if self.verdict == "a tie" else
+                   f"{name_a if self.verdict == 'ahead' else name_b} ranks better, beyond the test-set noise")
+        return (f"{name_a} - {name_b}: {self.difference:+.3f} ({self.level:.0%} interval {self.low:+.3f} "
+                f"to {self.high:+.3f}): {verdict}")
+
+
+def compare_aurocs(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike, level: float = 0.95,
+                   n_boot: int = 1000, seed: int = 0) -> AurocComparison:
+    """Where detector a stands against detector b on image AUROC: `"ahead"`, `"behind"` or `"a tie"`.
+
+    The AUROC counterpart of `compare_accuracies`: a tie means the paired bootstrap interval of
+    AUROC(a) - AUROC(b) over the same test images (`auroc_difference_interval`) contains 0, i.e. the
+    difference is inside the noise of the test set (not of training: one seed is one draw). Returns an
+    `AurocComparison` (verdict, difference, low, high, level); `.sentence(name_a, name_b)` prints it.
+    Labs 5-7 use this one rule wherever two image AUROCs are compared.
+    """
+    low, high = auroc_difference_interval(labels, scores_a, scores_b, n_boot, seed, level)
+    difference = image_auroc(labels, scores_a) - image_auroc(labels, scores_b)
+    verdict = "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
+    return AurocComparison(verdict, difference, low, high, level)
 
 
 def _weighted_auroc(groups: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_groups: int) -> float:

@@ -256,3 +256,33 @@ def test_zeros_and_ones_splits_the_hand_rule_digits_in_two_disjoint_halves():
     assert abs(train_labels.mean() - test_labels.mean()) < 0.02  # stratified: about as many ones in each half
     train_rows = {image.tobytes() for image in train_images}
     assert not any(image.tobytes() in train_rows for image in test_images)  # no test digit is a training digit
+
+
+def test_scenarios_checker_wants_three_answers_that_name_a_setting(capsys):
+    from course_utils import checks
+
+    assert not checks.check_scenarios(None)
+    assert not checks.check_scenarios({"screws": "good screws", "bank": "", "coffee": ""})
+    assert "screws, bank, coffee" in capsys.readouterr().out
+    vague = {k: "a long answer " * 10 for k in checks.SCENARIOS}
+    assert not checks.check_scenarios(vague)
+    assert "name a setting" in capsys.readouterr().out
+    assert checks.check_scenarios(checks.reference_scenarios())
+    checks.solution("scenarios")
+    assert "fair-trade" in capsys.readouterr().out
+
+
+def test_contrastive_loss_checker_accepts_the_formula_and_names_mistakes(capsys):
+    import torch
+
+    from course_utils import checks, losses
+
+    assert checks.check_contrastive_loss(losses.contrastive_loss)
+    assert not checks.check_contrastive_loss(lambda d, s, m: (s * d**2 + (1 - s) * (m - d) ** 2).mean())
+    assert "clamp at 0 is missing" in capsys.readouterr().out
+    assert not checks.check_contrastive_loss(lambda d, s, m: None)
+    # the loss itself: a similar pair costs d^2, a dissimilar one (m - d)^2 inside the margin, 0 beyond
+    d, s = torch.tensor([0.5, 0.5, 2.0]), torch.tensor([1.0, 0.0, 0.0])
+    assert float(losses.contrastive_loss(d, s, margin=1.0)) == pytest.approx((0.25 + 0.25 + 0.0) / 3)
+    with pytest.raises(ValueError, match="same shape"):
+        losses.contrastive_loss(d, s[:2])

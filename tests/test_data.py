@@ -654,3 +654,21 @@ def test_make_loaders_seed_gives_the_same_batches_whatever_runs_between():
     other = [y for _, y in cd.make_loaders(data, batch_size=64, seed=4)[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert not torch.equal(first[0], other[0])
+
+
+def test_cut_paste_moves_a_relit_rectangle_and_marks_it():
+    import torch
+
+    from course_utils import data
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 64, 64, generator=g)
+    pasted, masks = data.cut_paste(images, seed=1)
+    assert pasted.shape == images.shape and masks.shape == (4, 64, 64)
+    changed = (pasted != images).any(dim=1)  # [4, 64, 64]
+    assert bool((changed <= (masks > 0)).all())  # nothing changes outside the mask
+    assert all((64 // 8) ** 2 <= int(m.sum()) < (64 // 3) ** 2 for m in masks)  # sides S/8 to S/3
+    again, _ = data.cut_paste(images, seed=1)
+    assert torch.equal(again, pasted)  # seeded
+    with pytest.raises(ValueError, match="cut_paste"):
+        data.cut_paste(images[0])

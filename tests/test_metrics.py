@@ -306,3 +306,23 @@ def test_paired_comparison_sees_what_the_unpaired_one_cannot():
     assert m.compare_paired_accuracies(torch.tensor(a), torch.tensor(a)) == "a tie"
     with pytest.raises(ValueError, match="same length"):
         m.compare_paired_accuracies(a, b[:-1])
+
+
+def test_compare_aurocs_calls_ahead_behind_and_ties_from_the_paired_interval():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(100), np.ones(100)].astype(int)
+    good = labels + rng.normal(0, 0.5, 200)  # separates the classes well (AUROC about 0.92)
+    noise = rng.normal(0, 1, 200)  # guessing (AUROC about 0.5)
+    ahead = m.compare_aurocs(labels, good, noise)
+    assert ahead.verdict == "ahead" and ahead.low > 0
+    assert ahead.difference == pytest.approx(m.image_auroc(labels, good) - m.image_auroc(labels, noise))
+    assert (ahead.low, ahead.high) == m.auroc_difference_interval(labels, good, noise)  # the same rule, one place
+    assert m.compare_aurocs(labels, noise, good).verdict == "behind"
+    nudged = good + rng.normal(0, 0.01, 200)  # nearly the same ranking: inside the noise
+    tie = m.compare_aurocs(labels, good, nudged)
+    assert tie.verdict == "a tie" and tie.low <= 0 <= tie.high
+    assert "a tie" in tie.sentence("x", "y") and "x ranks better" in ahead.sentence("x", "y")
+    wide = m.compare_aurocs(labels, good, nudged, level=0.99)
+    assert wide.high - wide.low >= tie.high - tie.low and "99% interval" in wide.sentence()
+    with pytest.raises(ValueError, match="level"):
+        m.compare_aurocs(labels, good, noise, level=95)

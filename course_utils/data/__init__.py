@@ -17,7 +17,7 @@ Everything here returns plain tensors so that the labs can show every step. One 
 - `download`: `download_mvtec` fetches one official category archive (resumable, checksummed).
 - `defects`: `make_defect_dataset` writes an MVTec-layout data set made from the real texture
   photos that scikit-image ships, with synthetic scratches, cracks, stains and cut-and-paste
-  patches whose masks are exact.
+  patches whose masks are exact; `cut_paste` makes CutPaste-style synthetic defects in tensors.
 
 Every public name is available as `cu.data.<name>`, whichever module defines it.
 """
@@ -42,6 +42,7 @@ from course_utils.data.defects import (
     DEFECT_KINDS,
     TEXTURES,
     add_defect,
+    cut_paste,
     make_defect_dataset,
 )
 from course_utils.data.download import (
@@ -75,7 +76,7 @@ __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL", "DATA_DIR", "DEFECT_KINDS",
     "IMAGE_EXTENSIONS", "MVTEC_LAYOUT", "MVTEC_URLS", "TEXTURES",
     "AnomalyData", "BatchAugmenter", "ImageData", "ImageTensorDataset", "MVTecDataset", "Sample",
-    "add_defect", "build_dir", "check_mvtec_layout", "default_anomaly_root", "digits_stand_in",
+    "add_defect", "build_dir", "check_mvtec_layout", "cut_paste", "default_anomaly_root", "digits_stand_in",
     "download_file", "download_mvtec", "list_samples", "load_anomaly_data", "load_cifar10",
     "load_image_folder", "make_defect_dataset", "make_loaders", "make_test_loader", "normalize_uint8",
     "paste_on_canvas",

@@ -2,7 +2,8 @@
 
 `make_defect_dataset` writes an MVTec-layout data set made from the real texture photos that
 scikit-image ships, with synthetic scratches, cracks, stains and cut-and-paste patches;
-`add_defect` paints one defect on one image.
+`add_defect` paints one defect on one image; `cut_paste` makes CutPaste-style synthetic defects in
+image tensors (labs 5 and 7).
 """
 
 from __future__ import annotations
@@ -236,3 +237,29 @@ def _patch(image: np.ndarray, severity: float, rng: np.random.Generator,
     mask = np.zeros((size, size), dtype=bool)
     mask[top:top + side, left:left + side] = True
     return target, mask
+
+
+def cut_paste(images: "torch.Tensor", seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Synthetic defects after CutPaste (Li et al., 2021): copies of images [N, 3, S, S], and masks [N, S, S].
+
+    In each image a rectangle (sides S/8 to S/3) is cut from one place, its brightness changed by
+    10-25 % (brighter or darker), and pasted at another place of the same image; the mask marks
+    where it landed. Seeded: the same `seed` gives the same defects. Lab 5 uses them to choose
+    settings on validation images and to train a self-supervised classifier, lab 7 to train a
+    few-shot metric.
+    """
+    import torch
+
+    if images.ndim != 4 or images.shape[-1] < 8:
+        raise ValueError(f"cut_paste needs images [N, C, S, S] of at least 8 pixels, got {tuple(images.shape)}.")
+    g = torch.Generator().manual_seed(seed)
+    out, masks = images.clone(), torch.zeros(images.shape[0], *images.shape[-2:])
+    size = images.shape[-1]
+    for i in range(len(images)):
+        h, w = torch.randint(size // 8, size // 3, (2,), generator=g).tolist()
+        sy, dy = torch.randint(0, size - h, (2,), generator=g).tolist()
+        sx, dx = torch.randint(0, size - w, (2,), generator=g).tolist()
+        gain = 1 + (0.1 + 0.15 * torch.rand(1, generator=g)) * (1 if torch.rand(1, generator=g) < 0.5 else -1)
+        out[i, :, dy:dy + h, dx:dx + w] = (images[i, :, sy:sy + h, sx:sx + w] * gain).clamp(0, 1)
+        masks[i, dy:dy + h, dx:dx + w] = 1
+    return out, masks
