@@ -164,7 +164,7 @@ class FeatureExtractor(nn.Module):
         # Hooks live only during this call, so the backbone still works as a classifier elsewhere.
         handles = [m.register_forward_hook(self._keep(n)) for n, m in self._modules_by_name.items()]
         try:
-            self.backbone(imagenet_normalize(images).contiguous(memory_format=torch.channels_last))
+            self.backbone(imagenet_normalize(images))
         except _StopForward:
             pass
         finally:

@@ -308,6 +308,6 @@ class MultiLayerFeatures(nn.Module):
         """Stacked features [B, C_total, h, w] of images [B, 3, H, W] in [0, 1]."""
         from course_utils.anomaly import patch_embedding
 
-        feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
+        feats = self.extractor(images.contiguous(memory_format=torch.channels_last))  # {layer: [B, C_i, h_i, w_i]}
         return patch_embedding([feats[name] for name in self.layers], self.pool, self.strides, self.offsets,
                                self.layers.index(self.scale_to), self.align)  # [B, C_total, h, w]
