@@ -9,7 +9,8 @@ returns a `Prediction(scores [M], maps [M, H, W])` on the CPU, maps at the image
 smoothed. Both read the images a batch at a time (float or uint8 tensors, lists of images,
 Datasets, `AnomalyData`), so memory does not grow with the number of images; `image_size=` and
 `resize=` ("pad", "crop", "stretch") let the feature detectors take images of any size and
-shape and give each map back at its image's own size (a list when the sizes differ). Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
+shape and give each map back at its image's own size (a list when the sizes differ).
+Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
 fitted detector and `load_state_dict` into a fresh one with the same arguments predicts the same.
 
 - `ReconstructionDetector`: a convolutional autoencoder on pixels (lab 5; lab 6 (a)-(c)).
