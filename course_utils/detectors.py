@@ -487,8 +487,9 @@ class PatchCore(_FeatureDetector):
     (its cost grows with the square of the number of training images); a number (default
     65536 patches, about 41 images at 320 px) the linear-time chunked greedy
     (`cu.anomaly.chunked_coreset`), chosen by measurement on MVTec bottle (`benchmarks/anomaly.py
-    --coreset-study`): at 209 images it ties with the exact one on image and pixel AUROC and PRO
-    and fits faster, and at 800 images it keeps the fit linear. `image_size` and `resize` bring
+    --methods patchcore,patchcore_exact`): at 209 images it ties with the exact one on image and pixel AUROC and PRO
+    and fits faster; its greedy steps scan one chunk, not the whole bank (the exact one's
+    N x n cost is what made an 800-image fit quadratic). `image_size` and `resize` bring
     images of any size to one model size (see `Detector`).
     """
 
