@@ -11,13 +11,23 @@ Every method is a detector of `course_utils.detectors` built with the labs' sett
 script fits each on the good training images, predicts the test images, and prints
 `cu.metrics.evaluate` (image and pixel AUROC, PRO up to 30% FPR), the seconds and the peak memory.
 `--align off` places feature cells the old way (`F.interpolate(align_corners=False)`), to
-measure what the receptive-field alignment of the heat-maps changes.
+measure what the receptive-field alignment of the heat-maps changes. `patchcore_exact` is
+PatchCore with the exact greedy coreset, to set beside `patchcore`'s linear-time one.
+
+Scaling (issue 14): `--scaling 100,200,400,800` fits PatchCore and PaDiM on that many good
+images (the folder's training images used up to four times: as they are, flipped left-right,
+flipped up-down, turned 90 degrees), each run in its own process, and prints per size: fit
+seconds, predict images/s on the test images, peak memory (the process's maximum resident set),
+then how fit time grows (a straight-line fit and the ratio per doubling). `--resize-study`
+crops the images to 240 x 320 (non-square) and compares the detectors' `resize` modes at
+`--study-size` px, maps at the images' own size. `--profile METHOD` profiles one predict.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -46,6 +56,7 @@ METHODS: dict[str, Factory] = {
     "feature_ae": lambda a: detectors.FeatureAEDetector(epochs=a.fae_epochs, align=a.align, seed=a.seed,
                                                         device=a.device),
     "patchcore": lambda a: detectors.PatchCore(align=a.align, seed=a.seed, device=a.device),
+    "patchcore_exact": lambda a: detectors.PatchCore(align=a.align, seed=a.seed, device=a.device, coreset_chunk=None),
     "padim": lambda a: detectors.PaDiM(align=a.align, seed=a.seed, device=a.device),
     "anomalib_patchcore": lambda a: detectors.AnomalibDetector("patchcore", seed=a.seed, device=a.device),
     "anomalib_padim": lambda a: detectors.AnomalibDetector("padim", seed=a.seed, device=a.device),
@@ -133,6 +144,110 @@ def onnx_row(name: str, data, args: argparse.Namespace, repeats: int = 10) -> di
             "max_map_difference": float(times["max_map_difference"]), "threads": torch.get_num_threads()}
 
 
+def _augmented(images: torch.Tensor, n: int) -> torch.Tensor:
+    """n images [n, 3, H, W] from images [N, 3, H, W]: all N as they are, then flipped left-right,
+    flipped up-down and turned 90 degrees, in that order, until there are n (at most 4 N)."""
+    if n > 4 * len(images):
+        raise ValueError(f"--scaling asks for {n} images but 4 x {len(images)} = {4 * len(images)} is the most.")
+    views = [images, images.flip(-1), images.flip(-2), images.rot90(1, dims=(-2, -1))]
+    return torch.cat(views)[:n]  # [n, 3, H, W]
+
+
+def scaling_worker(args: argparse.Namespace) -> dict:
+    """One scaling run in this process: fit `args.worker` on `args.n_train` images, predict the test images."""
+    import resource
+
+    data = cu.data.load_anomaly_data(args.data, image_size=args.image_size, dtype=torch.uint8)
+    train = _augmented(data.train_images, args.n_train)  # [n, 3, S, S] uint8
+    detector = METHODS[args.worker](args).fit(train)
+    prediction = detector.predict(data.test_images)
+    result = cu.metrics.evaluate(data, prediction, interval=False)
+    return {"method": args.worker, "n_train": args.n_train, "fit_s": round(detector.fit_seconds, 1),
+            "predict_images_per_s": round(len(data.test_images) / detector.predict_seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "image_auroc": round(result["image_auroc"], 4), "pixel_auroc": round(result["pixel_auroc"], 4),
+            "note": _note(detector)}
+
+
+def growth_line(sizes: list[int], seconds: list[float]) -> str:
+    """How fit time grows with the number of images: least-squares line, R^2, and the time ratio per doubling."""
+    import numpy as np
+
+    x, y = np.asarray(sizes, float), np.asarray(seconds, float)
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+    ratios = ", ".join(f"{b}/{a}: x{tb / ta:.2f}" for a, b, ta, tb in zip(x.astype(int), x[1:].astype(int), y, y[1:]))
+    return (f"fit s ~ {intercept:.1f} + {slope * 100:.2f} per 100 images (R^2 {r2:.3f}); "
+            f"time ratios per step ({ratios}; x{x[-1] / x[-2]:.0f} images: {x[-1] / x[-2]:.1f} = linear)")
+
+
+def run_scaling(args: argparse.Namespace) -> list[dict]:
+    """PatchCore and PaDiM at each size of `--scaling`, each run in a fresh process; prints the table."""
+    import subprocess
+
+    sizes = [int(n) for n in args.scaling.split(",")]
+    rows = []
+    for method in ("patchcore", "padim"):
+        for n in sizes:
+            command = [sys.executable, __file__, "--data", str(args.data), "--worker", method, "--n-train", str(n),
+                       "--image-size", str(args.image_size), "--seed", str(args.seed)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), f"| load {_load()}", flush=True)
+    print(f"\n{'method':10} {'train images':>12} {'fit s':>7} {'predict img/s':>14} {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['method']:10} {r['n_train']:12d} {r['fit_s']:7.1f} {r['predict_images_per_s']:14.1f} "
+              f"{r['peak_rss_mb']:8d}")
+    for method in ("patchcore", "padim"):
+        mine = [r for r in rows if r["method"] == method]
+        print(f"{method}: " + growth_line([r["n_train"] for r in mine], [r["fit_s"] for r in mine]))
+    return rows
+
+
+def run_resize_study(args: argparse.Namespace) -> list[dict]:
+    """The folder's images cropped to 240 x 320 (non-square), PatchCore and PaDiM at `--study-size` with each
+    `resize` mode; metrics on maps at the images' own 240 x 320 size."""
+    data = cu.data.load_anomaly_data(args.data, image_size=args.image_size, dtype=torch.uint8)
+    top = args.image_size // 8  # keep the middle 3/4 of the rows
+    rows = slice(top, args.image_size - top)
+    wide = cu.data.AnomalyData(data.train_images[:, :, rows], data.test_images[:, :, rows], data.test_labels,
+                               data.test_masks[:, rows], data.test_defects, data.name + "_wide")
+    print(f"# {wide.name}: images {tuple(wide.test_images.shape[-2:])}, model size {args.study_size}", flush=True)
+    results = []
+    for method in args.methods.split(","):
+        for mode in cu.data.RESIZE_MODES:
+            kind = detectors.PatchCore if method == "patchcore" else detectors.PaDiM
+            detector = kind(seed=args.seed, image_size=args.study_size, resize=mode).fit(wide)
+            prediction = detector.predict(wide)
+            metrics = cu.metrics.evaluate(wide, prediction, interval=False)
+            results.append({"method": method, "resize": mode, "image_auroc": round(metrics["image_auroc"], 4),
+                            "pixel_auroc": round(metrics["pixel_auroc"], 4), "pro": round(metrics["pro"], 4),
+                            "maps": list(prediction.maps.shape), "fit_s": round(detector.fit_seconds, 1)})
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """torch profiler table of one `predict` of 32 test images by `args.profile` (fitted on 60 images)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    data = cu.data.load_anomaly_data(args.data, image_size=args.image_size, n_train=60)
+    detector = METHODS[args.profile](args).fit(data.train_images)
+    test = data.test_images[:32]
+    detector.predict(test[:4])  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        detector.predict(test)
+        seconds = time.perf_counter() - start
+    print(f"{args.profile}: predict {len(test)} images in {seconds:.2f} s = {len(test) / seconds:.1f} images/s")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=36))
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages, as `uptime` prints them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def speedups(rows: list[dict]) -> dict[str, float]:
     """Lab 7: how many times faster the course's detectors fit and predict than anomalib's, same run."""
     by_name = {r["method"]: r for r in rows}
@@ -163,6 +278,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--onnx", action="store_true",
                    help="also export patchcore/padim to ONNX and time batch-1 latency, PyTorch vs onnxruntime (CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the fastest)")
+    p.add_argument("--scaling", default=None, help="e.g. 100,200,400,800: the scaling run (see above)")
+    p.add_argument("--resize-study", action="store_true", help="compare resize modes on non-square images")
+    p.add_argument("--study-size", type=int, default=256, help="the detectors' image_size in --resize-study")
+    p.add_argument("--profile", default=None, help="a method whose predict to profile")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one scaling run (a subprocess)
+    p.add_argument("--n-train", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.align = args.align == "on"
     unknown = [m for m in args.methods.split(",") if m not in METHODS]
@@ -178,6 +299,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Load the data once, run each method, print its JSON line, then a summary table."""
     args = parse_args(argv)
     args.device = cu.pick_device(args.device)
+    if args.worker:
+        print(json.dumps(scaling_worker(args)))
+        return []
+    print(f"# {cu.device.device_report(args.device)} | load {_load()}", flush=True)
+    if args.scaling:
+        return run_scaling(args)
+    if args.resize_study:
+        return run_resize_study(args)
+    if args.profile:
+        run_profile(args)
+        return []
     start = time.perf_counter()
     data = cu.data.load_anomaly_data(args.data, image_size=args.image_size)
     print(f"# {data.name}: {len(data.train_images)} good training images, "
@@ -191,6 +323,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print()
     print(cu.metrics.results_table([{**r, "name": r["method"], "notes": r["note"]} for r in rows]))
     best = max(rows, key=lambda r: r["pixel_auroc"])
+    print(f"# load {_load()}")
     print(json.dumps({"summary": True, "align": args.align, "best_pixel": best["method"],
                       **{f"{r['method']}_pixel_auroc": r["pixel_auroc"] for r in rows},
                       **{f"{r['method']}_pro": r["pro"] for r in rows}, **speedups(rows)}))

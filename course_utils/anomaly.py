@@ -362,13 +362,35 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return dist.add_((x * x).sum(1, keepdim=True)).clamp_min_(0)  # [n, m]
 
 
-def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
-                       chunk_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` nearest rows of bank [M, D] to each row of queries [Q, D], by brute force.
+def faiss_available() -> bool:
+    """True when the optional `faiss` package (PyPI `faiss-cpu`, the course's `fast` extra) imports."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Returns (distances [Q, k], indices [Q, k]), nearest first, Euclidean. Queries go in chunks of
-    `chunk_size` so the distance matrix in memory stays at most [chunk_size, M].
+
+FAISS_MIN_WORK = 2e7  # queries x bank rows from which `backend="auto"` hands the search to faiss (measured faster)
+
+
+def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk_size: int | None = None,
+                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` nearest rows of bank [M, D] to each row of queries [Q, D]: exact, Euclidean.
+
+    Returns (distances [Q, k], indices [Q, k]), nearest first. `backend="torch"`: brute force,
+    queries in chunks of `chunk_size` (default: as many as keep the distance matrix
+    [chunk_size, M] at 2^24 numbers, 64 MB), so memory stays flat however many queries;
+    `"faiss"`: faiss's exact `IndexFlatL2` (same answers, its own fused kernels; needs
+    `pip install faiss-cpu`); `"auto"`: faiss for large CPU searches (at least
+    `FAISS_MIN_WORK` query-bank pairs) when it is installed, else torch.
     """
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', not {backend!r}.")
+    large = len(queries) * len(bank) >= FAISS_MIN_WORK and queries.device.type == "cpu"
+    if backend == "faiss" or (backend == "auto" and large and faiss_available()):
+        return _faiss_search(queries, bank, k)
+    chunk_size = chunk_size or max(256, 2**24 // max(1, len(bank)))
     found = [squared_distances(q, bank).topk(k, dim=1, largest=False) for q in queries.split(chunk_size)]
     distances = torch.cat([f.values for f in found]).sqrt_()  # [Q, k]
     return distances, torch.cat([f.indices for f in found])  # [Q, k], [Q, k]
@@ -389,6 +411,21 @@ def distance_contrast(queries: torch.Tensor, points: torch.Tensor) -> torch.Tens
     return dist.min(dim=1).values / dist.max(dim=1).values  # [Q]
 
 
+def _faiss_search(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`nearest_neighbours` by faiss's exact flat L2 index (on the CPU); a clear error when faiss is missing."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu (or the course's extra: "
+                          "pip install -e '.[fast]'), or use backend='torch'.") from None
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(bank.detach().float().cpu().contiguous().numpy())
+    squared, indices = index.search(queries.detach().float().cpu().contiguous().numpy(), k)  # [Q, k] each
+    distances = torch.from_numpy(squared).clamp_min_(0).sqrt_().to(queries.device)  # [Q, k]
+    return distances, torch.from_numpy(indices).to(queries.device)  # [Q, k], [Q, k]
+
+
 def random_projection(x: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     """Project x [N, D] to [N, dim] with a random Gaussian matrix (scaled so lengths are kept).
 
@@ -402,22 +439,37 @@ def random_projection(x: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return x @ matrix.to(x)  # [N, dim]
 
 
-def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int = 64, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int = 64, seed: int = 0,
+                   chunk_size: int | None = None) -> torch.Tensor:
     """Indices [n] of a k-center greedy coreset of features [N, D].
 
     Start from a random point, then repeatedly add the point farthest from everything chosen so
     far: the chosen points cover the whole set, rare patches included. Runs on a random projection
     to `projection_dim` dimensions and keeps a running vector of each point's squared distance to
-    its nearest chosen point, so one step is one matrix-vector product over all N points.
+    its nearest chosen point, so one step is one matrix-vector product over all N points: the
+    exact greedy costs N x n, which grows with the square of the number of training images.
+
+    `chunk_size` (e.g. 65536) makes it linear-time and approximate (`chunked_coreset`): the points
+    are taken a chunk at a time, each chunk's greedy starting from the distances to the points
+    already chosen, so every step scans one chunk instead of all N.
     """
     if not 0 < n <= len(features):
         raise ValueError(f"Cannot choose {n} of {len(features)} points: use 1 <= n <= {len(features)}.")
     z = random_projection(features, projection_dim, seed)  # [N, d]
+    if chunk_size is not None and chunk_size < len(z):
+        return chunked_coreset(z, n, chunk_size, seed)
+    first = torch.randint(len(z), (), generator=torch.Generator().manual_seed(seed)).item()
+    min_dist = torch.full((len(z),), float("inf"), device=z.device, dtype=z.dtype)  # [N]
+    return _greedy_steps(z, min_dist, n, first)
+
+
+def _greedy_steps(z: torch.Tensor, min_dist: torch.Tensor, n: int, first: int) -> torch.Tensor:
+    """n steps of greedy k-center on z [N, d] from `first`; `min_dist` [N] (updated in place) holds each
+    point's squared distance to what was chosen before. Returns the chosen indices [n]."""
     z_t = z.T.contiguous()  # [d, N]: each step reads memory in order
     sq_norms = (z * z).sum(1)  # [N]
-    min_dist = torch.full_like(sq_norms, float("inf"))  # [N]
     chosen = torch.empty(n, dtype=torch.long, device=z.device)
-    idx = torch.randint(len(z), (), generator=torch.Generator().manual_seed(seed)).to(z.device)
+    idx = torch.tensor(first, device=z.device)
     with _one_cpu_thread(z.device):
         for i in range(n):
             chosen[i] = idx
@@ -425,6 +477,37 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int = 64, see
             torch.minimum(min_dist, dist, out=min_dist)  # [N]
             idx = min_dist.argmax()  # the point worst covered so far
     return chosen
+
+
+def chunked_coreset(z: torch.Tensor, n: int, chunk_size: int = 65536, seed: int = 0) -> torch.Tensor:
+    """Approximate greedy k-center: indices [n] of z [N, d], one chunk of `chunk_size` points at a time.
+
+    The points are shuffled (seeded) and cut into chunks; each chunk gets its share of the n
+    selections. A chunk first measures how far each of its points is from the points chosen in
+    earlier chunks (one matrix product, `nearest_neighbours`), so it only adds what they do not
+    cover yet, then runs the exact greedy steps on its own points. One step costs a chunk, not
+    all N: the greedy loop grows linearly with the data (the matrix products grow with N x n,
+    but run at full BLAS speed).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(z), generator=generator).to(z.device)  # [N]
+    n_chunks = math.ceil(len(z) / chunk_size)
+    quotas = torch.linspace(0, n, n_chunks + 1).round().long().diff().tolist()  # selections per chunk
+    chosen: list[torch.Tensor] = []
+    for c, quota in enumerate(quotas):
+        members = order[c * chunk_size:(c + 1) * chunk_size]  # [c_n]
+        if quota == 0:
+            continue
+        part = z[members]  # [c_n, d]
+        if chosen:
+            picked = z[torch.cat(chosen)]  # [k, d]
+            min_dist = nearest_neighbours(part, picked, backend="torch")[0][:, 0].square_()  # [c_n]
+            first = int(min_dist.argmax())
+        else:
+            min_dist = torch.full((len(part),), float("inf"), device=z.device, dtype=z.dtype)  # [c_n]
+            first = int(torch.randint(len(part), (), generator=generator))
+        chosen.append(members[_greedy_steps(part, min_dist, quota, first)])
+    return torch.cat(chosen)  # [n]
 
 
 @contextlib.contextmanager
@@ -484,14 +567,101 @@ def ledoit_wolf_shrinkage(centred: torch.Tensor) -> torch.Tensor:
     weight a that minimises the expected squared error of the estimate, from the data alone:
     a = min(b, d) / d with d = |S - mu I|^2 / C and b = (mean_k |x_k|^4 - |S|^2) / (C N).
     """
-    n, c = centred.shape[1], centred.shape[2]
+    n = centred.shape[1]
     cov = centred.transpose(1, 2) @ centred / n  # [P, C, C] (the 1/N estimate, as in the paper)
+    fourth = ((centred * centred).sum(-1) ** 2).mean(1)  # [P] mean_k |x_k|^4
+    return _ledoit_wolf_weight(cov, fourth, n)
+
+
+def _ledoit_wolf_weight(cov: torch.Tensor, fourth: torch.Tensor, n: int) -> torch.Tensor:
+    """The Ledoit-Wolf weight [P] from the 1/N covariances [P, C, C] and mean_k |x_k - mean|^4 [P] of n samples."""
+    c = cov.shape[-1]
     mu = cov.diagonal(dim1=1, dim2=2).sum(-1) / c  # [P]
     cov_sq = (cov * cov).sum(dim=(1, 2))  # [P] |S|_F^2
     d = (cov_sq - c * mu ** 2) / c  # [P] |S - mu I|_F^2 / C
-    b = ((centred * centred).sum(-1) ** 2).mean(1)  # [P] mean_k |x_k|^4
-    b = ((b - cov_sq) / (c * n)).clamp_min(0)  # [P]
+    b = ((fourth - cov_sq) / (c * n)).clamp_min(0)  # [P]
     return torch.where(d > 0, torch.minimum(b, d) / d.clamp_min(1e-12), torch.ones_like(d))  # [P]
+
+
+class GaussianSums:
+    """PaDiM's fit, batch by batch: running float64 sums of features [b, C, h, w], never all N at once.
+
+    `add(features)` adds a batch; `gaussians(...)` turns the sums into `Gaussians`. Kept per
+    position (P = h * w): the count, the sum of x, of x x^T, and, for the Ledoit-Wolf weight, of
+    |x|^2 x and |x|^4, all of x minus the first batch's mean (a shift that keeps the float64
+    sums accurate). Memory: P x C x C float64, however many images.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift = self.s1 = self.s2 = self.s3 = self.s4 = None
+
+    def add(self, features: torch.Tensor) -> None:
+        """Add a batch of feature maps [b, C, h, w] of good images."""
+        x = features.flatten(2).permute(2, 0, 1).double().contiguous()  # [P, b, C]
+        # contiguous: bmm on the permuted layout copies matrix by matrix (measured 60x slower)
+        if self.shift is None:
+            self.shift = x.mean(dim=1, keepdim=True)  # [P, 1, C]
+            p, _, c = x.shape
+            self.s1 = x.new_zeros(p, c)  # [P, C]
+            self.s2 = x.new_zeros(p, c, c)  # [P, C, C]
+            self.s3 = x.new_zeros(p, c)  # [P, C]
+            self.s4 = x.new_zeros(p)  # [P]
+        elif x.shape[0] != self.s1.shape[0] or x.shape[2] != self.s1.shape[1]:
+            raise ValueError(f"Features of {x.shape[0]} positions x {x.shape[2]} channels do not match the "
+                             f"first batch's {self.s1.shape[0]} x {self.s1.shape[1]}: give all images one size.")
+        y = x - self.shift  # [P, b, C]
+        sq = (y * y).sum(-1)  # [P, b] |y|^2
+        self.n += x.shape[1]
+        self.s1 += y.sum(1)
+        self.s2.baddbmm_(y.transpose(1, 2), y)  # [P, C, C] += y^T y
+        self.s3 += (sq[..., None] * y).sum(1)  # [P, C]
+        self.s4 += (sq * sq).sum(1)  # [P]
+
+    def gaussians(self, regularization: float = 0.01, shrinkage: float | str = "ledoit_wolf",
+                  chunk: int = 256) -> Gaussians:
+        """`Gaussians(mean [P, C], precision [P, C, C], shrinkage [P])` from the sums (float32), `chunk` positions at a time."""
+        n = self.n
+        if n < 2:
+            raise ValueError("A covariance needs at least 2 good images; pass more training images.")
+        if not (shrinkage == "ledoit_wolf" or (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1)):
+            raise ValueError(f"shrinkage must be 'ledoit_wolf' or a number in [0, 1], not {shrinkage!r}.")
+        p, c = self.s1.shape
+        mean, precision = torch.empty(p, c, device=self.s1.device), torch.empty(p, c, c, device=self.s1.device)
+        weights = torch.empty(p, device=self.s1.device)
+        eye = torch.eye(c, device=self.s1.device, dtype=torch.float64)  # [C, C]
+        with _one_cpu_thread(self.s1.device):  # P small inverses: one thread is 20x faster on a busy CPU (measured)
+            for rows in torch.arange(p, device=self.s1.device).split(chunk):
+                self._gaussians_at(rows, regularization, shrinkage, eye, mean, precision, weights)
+        return Gaussians(mean, precision, weights)  # [P, C], [P, C, C], [P]
+
+    def _gaussians_at(self, rows: torch.Tensor, regularization: float, shrinkage: float | str, eye: torch.Tensor,
+                      mean: torch.Tensor, precision: torch.Tensor, weights: torch.Tensor) -> None:
+        """Fill mean, precision and weights at positions `rows` from the sums."""
+        n = self.n
+        m = self.s1[rows] / n  # [p, C] mean of y
+        s2 = self.s2[rows]  # [p, C, C]
+        cov = s2 / n - m[:, :, None] * m[:, None, :]  # [p, C, C] the 1/N covariance
+        if shrinkage == "ledoit_wolf":
+            weight = _ledoit_wolf_weight(cov, self._fourth_moment(rows, m) / n, n)  # [p]
+        else:
+            weight = torch.full((len(rows),), float(shrinkage), dtype=torch.float64, device=m.device)  # [p]
+        cov = cov * (n / (n - 1))  # [p, C, C] unbiased
+        scale = cov.diagonal(dim1=1, dim2=2).mean(-1)  # [p] average variance
+        a = weight.view(-1, 1, 1)
+        cov = (1 - a) * cov + a * scale.view(-1, 1, 1) * eye + regularization * eye  # [p, C, C]
+        mean[rows] = (m + self.shift[rows, 0]).float()
+        precision[rows] = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float()  # cov is symmetric positive definite
+        weights[rows] = weight.float()
+
+    def _fourth_moment(self, rows: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """sum_k |y_k - m|^4 [p] at positions `rows`, from the sums (m [p, C] the mean of y there)."""
+        s2, n = self.s2[rows], self.n
+        m_sq = (m * m).sum(-1)  # [p] |m|^2
+        trace = s2.diagonal(dim1=1, dim2=2).sum(-1)  # [p] sum_k |y_k|^2
+        m_s2_m = (m[:, None, :] @ s2 @ m[:, :, None])[:, 0, 0]  # [p] sum_k (y_k . m)^2
+        return (self.s4[rows] - 4 * (m * self.s3[rows]).sum(-1) + 2 * m_sq * trace
+                + 4 * m_s2_m - 3 * n * m_sq ** 2)  # [p]
 
 
 def gaussian_per_position(features: torch.Tensor, regularization: float = 0.01,
@@ -502,26 +672,12 @@ def gaussian_per_position(features: torch.Tensor, regularization: float = 0.01,
     covariance at each position is the sample covariance S shrunk towards (trace(S) / C) I with
     weight a (`shrinkage="ledoit_wolf"`: a chosen from the data per position, see
     `ledoit_wolf_shrinkage`; a number: that a everywhere; 0: the paper's plain S), plus
-    `regularization` times the identity (the paper's 0.01, which keeps it invertible).
+    `regularization` times the identity (the paper's 0.01, which keeps it invertible). The
+    work is `GaussianSums`, which `PaDiM.fit` feeds batch by batch.
     """
-    n, c, h, w = features.shape
-    if n < 2:
-        raise ValueError("A covariance needs at least 2 good images; pass more training images.")
-    x = features.flatten(2).permute(2, 0, 1)  # [P, N, C]
-    mean = x.mean(dim=1)  # [P, C]
-    centred = x - mean[:, None]  # [P, N, C]
-    if shrinkage == "ledoit_wolf":
-        weight = ledoit_wolf_shrinkage(centred)  # [P]
-    elif isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1:
-        weight = torch.full((len(x),), float(shrinkage), device=x.device, dtype=x.dtype)  # [P]
-    else:
-        raise ValueError(f"shrinkage must be 'ledoit_wolf' or a number in [0, 1], not {shrinkage!r}.")
-    eye = torch.eye(c, device=x.device, dtype=x.dtype)  # [C, C]
-    cov = centred.transpose(1, 2) @ centred / (n - 1)  # [P, C, C]
-    scale = cov.diagonal(dim1=1, dim2=2).mean(-1)  # [P] average variance
-    a = weight.view(-1, 1, 1)
-    cov = (1 - a) * cov + a * scale.view(-1, 1, 1) * eye + regularization * eye  # [P, C, C]
-    return Gaussians(mean, torch.linalg.inv(cov), weight)  # [P, C], [P, C, C], [P]
+    sums = GaussianSums()
+    sums.add(features)
+    return sums.gaussians(regularization, shrinkage)
 
 
 def mahalanobis_maps(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -531,7 +687,8 @@ def mahalanobis_maps(features: torch.Tensor, mean: torch.Tensor, precision: torc
     computed at once: sqrt(delta^T precision delta) with delta the feature minus its position's mean.
     """
     n, c, h, w = features.shape
-    delta = features.flatten(2).permute(2, 0, 1) - mean[:, None]  # [P, N, C]
+    delta = (features.flatten(2).permute(2, 0, 1) - mean[:, None]).contiguous()  # [P, N, C]
+    # contiguous: a permuted batch makes bmm copy its P matrices one by one (profiled: 63% of PaDiM's predict)
     squared = ((delta @ precision) * delta).sum(-1)  # [P, N]
     return squared.clamp_min_(0).sqrt_().T.reshape(n, h, w)  # [N, h, w]
 

@@ -6,7 +6,11 @@
 A detector is an `nn.Module`: `fit(images)` learns from good images only and returns the
 detector (it records `fit_seconds`, and `history` where something is trained); `predict(images)`
 returns a `Prediction(scores [M], maps [M, H, W])` on the CPU, maps at the images' size and
-smoothed. Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
+smoothed. Both read the images a batch at a time (float or uint8 tensors, lists of images,
+Datasets, `AnomalyData`), so memory does not grow with the number of images; `image_size=` and
+`resize=` ("pad", "crop", "stretch") let the feature detectors take images of any size and
+shape and give each map back at its image's own size (a list when the sizes differ).
+Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
 fitted detector and `load_state_dict` into a fresh one with the same arguments predicts the same.
 
 - `ReconstructionDetector`: a convolutional autoencoder on pixels (lab 5; lab 6 (a)-(c)).
@@ -27,11 +31,12 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from course_utils import anomaly
 from course_utils.anomaly import _check_images
@@ -40,56 +45,201 @@ from course_utils.deploy import load as load  # cu.detectors.load(path): any sav
 
 
 class Prediction(NamedTuple):
-    """What `predict` returns: image `scores` [N] and anomaly `maps` [N, H, W] (CPU, smoothed, image size)."""
+    """What `predict` returns: image `scores` [N] and anomaly `maps` [N, H, W] (CPU, smoothed, image size).
+
+    When the images had different sizes, `maps` is a list of [H_i, W_i] maps, each at its image's own size."""
 
     scores: torch.Tensor
-    maps: torch.Tensor
+    maps: torch.Tensor | list[torch.Tensor]
+
+
+Images = Union[torch.Tensor, Sequence[torch.Tensor], Dataset, Any]
+
+
+def _source(images: Images, split: str) -> Images:
+    """The images of `images`: a tensor, a list of [C, H, W] tensors, a Dataset, or an AnomalyData's `split`."""
+    if hasattr(images, "train_images") and hasattr(images, "test_images"):
+        return images.train_images if split == "train" else images.test_images
+    if torch.is_tensor(images) or isinstance(images, (list, tuple, Dataset)):
+        if len(images) == 0:
+            raise ValueError("No images given: pass at least one image.")
+        return images
+    raise TypeError(f"Expected images as a tensor [N, 3, H, W], a list of [3, H, W] tensors, a Dataset or an "
+                    f"AnomalyData, got {type(images).__name__}.")
+
+
+def _item_image(item: Any) -> torch.Tensor:
+    """The image tensor of one Dataset item (a tensor, a dict with "image", or an (image, ...) tuple)."""
+    if isinstance(item, dict):
+        item = item["image"]
+    elif isinstance(item, (tuple, list)):
+        item = item[0]
+    return item
+
+
+def _chunks(source: Images, batch_size: int) -> Iterator[list[torch.Tensor] | torch.Tensor]:
+    """`source` a batch at a time: tensor slices [b, C, H, W], or lists of [C, H, W] images."""
+    for start in range(0, len(source), batch_size):
+        if torch.is_tensor(source):
+            yield source[start:start + batch_size]  # [b, C, H, W]
+        else:
+            yield [_item_image(source[i]) for i in range(start, min(start + batch_size, len(source)))]
+
+
+def as_float_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Images [..., C, H, W] as float RGB in [0, 1]: uint8 is divided by 255, 1 channel (grayscale) repeated
+    to 3, 4 channels (RGBA) composited on black; anything else raises an error that says what to pass."""
+    if images.dim() < 3:
+        raise ValueError(f"Expected images [N, 3, H, W] or [3, H, W], got shape {tuple(images.shape)}.")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255  # [..., C, H, W]
+    elif not images.is_floating_point():
+        raise ValueError(f"Expected float images in [0, 1] or uint8 images, got {images.dtype}.")
+    channels = images.shape[-3]
+    if channels == 1:
+        images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])  # grayscale -> 3 equal channels
+    elif channels == 4:
+        images = images[..., :3, :, :] * images[..., 3:, :, :]  # RGBA composited on black
+    elif channels != 3:
+        raise ValueError(f"Expected images [N, 3, H, W] (RGB; 1 = grayscale and 4 = RGBA are converted), "
+                         f"got {channels} channels in shape {tuple(images.shape)}.")
+    if images.min() < -0.01 or images.max() > 1.01:
+        raise ValueError("Expected float images with values in [0, 1]; for uint8 images use images.float() / 255 "
+                         "(or pass the uint8 tensor itself).")
+    return images
+
+
+def _pair_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) from S or (H, W)."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class _Batches:
+    """The images of `source` as model-ready float batches [b, 3, S, S] on the detector's device, one
+    `batch_size` chunk at a time (re-iterable; `len` = the number of images; with `keep_sizes`
+    each batch comes with its images' own sizes)."""
+
+    def __init__(self, detector: "Detector", source: Images, keep_sizes: bool = False) -> None:
+        self.detector, self.source, self.keep_sizes = detector, source, keep_sizes
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator:
+        for chunk in _chunks(self.source, self.detector.batch_size):
+            batch, sizes = self.detector._model_input(chunk)  # [b, 3, S, S], b x (H, W)
+            yield (batch, sizes) if self.keep_sizes else batch
+
+    def stack(self) -> torch.Tensor:
+        """All images at once [N, 3, S, S] on the CPU (for detectors that train over many epochs)."""
+        return torch.cat([batch.cpu() for batch in self])
 
 
 class Detector(Deployable, nn.Module):
     """What every detector shares: `fit` -> self, `predict` -> `Prediction`, timing, saving and loading.
 
-    Subclasses implement `_fit(images)` and `_predict(images) -> (maps [N, H, W], scores [N] or
-    None)`; when scores are None, they are the maps reduced by `reduction` ("max", "mean" or
-    "topk": the mean of the `top_k` fraction of highest pixels).
+    `fit` and `predict` take images as a float tensor [N, 3, H, W] in [0, 1], a uint8 tensor
+    (0..255), a list of [3, H_i, W_i] images, a `Dataset` (items: images or dicts with
+    "image", e.g. `cu.data.MVTecDataset`), or a `cu.data.AnomalyData` (fit: its training images,
+    predict: its test images); grayscale and RGBA are converted. They read it `batch_size` images
+    at a time, so memory does not grow with the number of images beyond what the detector keeps.
+    Detectors with an `image_size` bring every image to that size by `resize` ("pad", "crop" or
+    "stretch", `cu.data.fit_to_size`) and return each map at its image's own size.
+    Subclasses implement `_fit(batches)` (an iterable over float batches [b, 3, S, S] on the
+    device) and `_predict(images) -> (maps [b, S, S], scores [b] or None)` for one batch; when
+    scores are None, they are the maps (at the images' own size) reduced by `reduction` ("max",
+    "mean" or "topk": the mean of the `top_k` fraction of highest pixels).
     """
 
     def __init__(self, sigma: float, reduction: str, top_k: float, batch_size: int,
-                 device: torch.device | str | None) -> None:
+                 device: torch.device | str | None, image_size: int | tuple[int, int] | None = None,
+                 resize: str = "pad") -> None:
         super().__init__()
+        from course_utils.data.images import RESIZE_MODES
+
         if reduction not in ("max", "mean", "topk"):
             raise ValueError(f"reduction must be 'max', 'mean' or 'topk', not {reduction!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}.")
         self.sigma, self.reduction, self.top_k, self.batch_size = sigma, reduction, top_k, batch_size
+        self.model_size = None if image_size is None else _pair_size(image_size)
+        self.resize = resize
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.register_buffer("fitted", torch.tensor(False))
         self.fit_seconds: float | None = None
         self.predict_seconds: float | None = None
         self.history = None  # a cu.train.History where fit trains a network
 
-    def fit(self, images: torch.Tensor) -> "Detector":
-        """Learn from good images [N, 3, H, W] (float in [0, 1]); returns the detector itself."""
-        _check_images(images)
+    def fit(self, images: Images) -> "Detector":
+        """Learn from good images (see the class docstring for the accepted forms); returns the detector itself."""
+        source = _source(images, "train")
         start = time.perf_counter()
         self.to(self.device)
-        self._fit(images)
+        self._fit(_Batches(self, source))
         self.fitted.fill_(True)
         self.fit_seconds = time.perf_counter() - start
         return self
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        """Image scores [N] and smoothed anomaly maps [N, H, W] (on the CPU) for images [N, 3, H, W]."""
+    def predict(self, images: Images) -> Prediction:
+        """Image scores [N] and smoothed anomaly maps [N, H, W] (on the CPU), batch by batch.
+
+        Maps are at each image's own size; when the sizes differ, `maps` is a list of [H_i, W_i]."""
         self._require_fit()
-        _check_images(images)
+        source = _source(images, "test")
         start = time.perf_counter()
         self.to(self.device)
-        maps, scores = self._predict(images)  # [N, H, W], [N] or None
-        if scores is None:
-            scores = anomaly.image_scores(maps, self.reduction, self.top_k)  # [N]
+        scores, maps = [], []
+        for part in self.predict_batches(source):
+            scores.append(part.scores)
+            maps.extend(part.maps)
+        sizes = {tuple(m.shape) for m in maps}
         self.predict_seconds = time.perf_counter() - start
-        return Prediction(scores.float().cpu(), maps.float().cpu())
+        return Prediction(torch.cat(scores), torch.stack(maps) if len(sizes) == 1 else maps)
 
-    def _fit(self, images: torch.Tensor) -> None:
+    @torch.no_grad()
+    def predict_batches(self, images: Images) -> Iterator[Prediction]:
+        """`predict`, one batch of `batch_size` images at a time: a `Prediction` per batch (maps a list of
+        [H_i, W_i]), for folders too large to keep every map in memory."""
+        self._require_fit()
+        self.to(self.device)
+        for batch, sizes in _Batches(self, _source(images, "test"), keep_sizes=True):
+            maps, scores = self._predict(batch)  # [b, S, S], [b] or None
+            maps = self._maps_to_images(maps.float().cpu(), sizes)  # b x [H_i, W_i]
+            if scores is None:
+                scores = torch.cat([anomaly.image_scores(m[None], self.reduction, self.top_k) for m in maps])  # [b]
+            yield Prediction(scores.float().cpu(), maps)
+
+    def _maps_to_images(self, maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Maps [b, S, S] at the model's size back at each image's own size: b maps [H_i, W_i]."""
+        from course_utils.data.images import map_to_image
+
+        if self.model_size is None:
+            return list(maps)
+        if len(set(sizes)) == 1:
+            return list(map_to_image(maps, sizes[0], self.resize))  # b x [H, W]
+        return [map_to_image(m[None], size, self.resize)[0] for m, size in zip(maps, sizes)]
+
+    def _model_input(self, images: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """One chunk of images as a float batch [b, 3, S, S] on the device, and each image's own (H, W)."""
+        from course_utils.data.images import fit_to_size
+
+        if torch.is_tensor(images):
+            images = as_float_rgb(images.to(self.device))  # [b, 3, H, W]
+            sizes = [tuple(images.shape[-2:])] * len(images)
+            if self.model_size is None or sizes[0] == self.model_size:
+                return images, sizes
+            images = list(images)
+        images = [as_float_rgb(im.to(self.device)) for im in images]  # b x [3, H_i, W_i]
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        if self.model_size is not None:
+            images = [fit_to_size(im, self.model_size, self.resize) for im in images]  # b x [3, S, S]
+        elif len(set(sizes)) > 1:
+            raise ValueError(f"Images of different sizes ({sorted(set(sizes))[:3]}...): give the detector "
+                             "image_size=... (and resize='pad', 'crop' or 'stretch') to bring them to one size.")
+        return torch.stack(images), sizes  # [b, 3, S, S]
+
+    def _fit(self, batches: "_Batches") -> None:
         raise NotImplementedError
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -188,7 +338,7 @@ class ReconstructionDetector(Detector):
             return images
         return F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True).clamp(0, 1)
 
-    def _fit(self, images: torch.Tensor) -> None:
+    def _fit(self, batches: _Batches) -> None:
         from course_utils.device import seed_everything
         from course_utils.models import ConvAutoencoder
 
@@ -197,6 +347,7 @@ class ReconstructionDetector(Detector):
                 raise ValueError("epochs=0 keeps the weights of a trained model: pass model=..., or epochs >= 1.")
             self.history = None
             return
+        images = batches.stack()  # [N, 3, H, W]: training runs over all images for many epochs
         seed_everything(self.seed)
         if self._default_model:
             self.model = ConvAutoencoder(**self._model_args)  # fresh weights: fit twice, same result
@@ -234,8 +385,9 @@ class _FeatureDetector(Detector):
 
     def __init__(self, backbone: nn.Module | None, layers: Sequence[str], scale_to: str | None,
                  neighbourhood: int, align: bool, sigma: float, reduction: str, top_k: float,
-                 batch_size: int, device: torch.device | str | None) -> None:
-        super().__init__(sigma, reduction, top_k, batch_size, device)
+                 batch_size: int, device: torch.device | str | None, image_size: int | tuple[int, int] | None,
+                 resize: str) -> None:
+        super().__init__(sigma, reduction, top_k, batch_size, device, image_size, resize)
         from course_utils.backbones import pretrained_backbone
         from course_utils.models import MultiLayerFeatures
 
@@ -276,8 +428,10 @@ class FeatureAEDetector(_FeatureDetector):
                  scale_to: str | None = None, neighbourhood: int = 3, hidden: int = 128, latent_channels: int = 32,
                  epochs: int = 40, lr: float = 1e-3, batch_size: int = 16, sigma: float = 4.0,
                  reduction: str = "max", top_k: float = 0.01, align: bool = True, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
-        super().__init__(backbone, layers, scale_to, neighbourhood, align, sigma, reduction, top_k, batch_size, device)
+                 device: torch.device | str | None = None, image_size: int | tuple[int, int] | None = None,
+                 resize: str = "pad") -> None:
+        super().__init__(backbone, layers, scale_to, neighbourhood, align, sigma, reduction, top_k, batch_size, device,
+                         image_size, resize)
         from course_utils.models import FeatureAutoencoder
 
         self.hidden, self.latent_channels, self.epochs, self.lr, self.seed = hidden, latent_channels, epochs, lr, seed
@@ -290,11 +444,11 @@ class FeatureAEDetector(_FeatureDetector):
         self._require_fit()
         return (self.features(images) - self.feature_mean) / self.feature_std  # [N, D, h, w]
 
-    def _fit(self, images: torch.Tensor) -> None:
+    def _fit(self, batches: _Batches) -> None:
         from course_utils.device import seed_everything
         from course_utils.models import FeatureAutoencoder
 
-        features = self.features(images)  # [N, D, h, w]
+        features = torch.cat([self.embedder.eval()(batch) for batch in batches])  # [N, D, h, w]
         self.feature_mean, self.feature_std = anomaly.channel_stats(features)  # [1, D, 1, 1] each
         standardised = ((features - self.feature_mean) / self.feature_std).cpu()  # [N, D, h, w]
         seed_everything(self.seed)
@@ -329,17 +483,30 @@ class PatchCore(_FeatureDetector):
     returns (scores [N], maps [N, H, W]): a patch's anomaly is the distance to its nearest
     neighbour in the bank; the image score is the worst patch's distance, re-weighted by how
     crowded the bank is around that patch's neighbour (`num_neighbors`).
+
+    Fit streams: each batch's patches go into one preallocated bank (N x h x w rows), so memory
+    is the bank plus one batch. `coreset_chunk` chooses the coreset: None is the exact greedy
+    (its cost grows with the square of the number of training images); a number (default
+    65536 patches, about 41 images at 320 px) the linear-time chunked greedy
+    (`cu.anomaly.chunked_coreset`), chosen by measurement on MVTec bottle (`benchmarks/anomaly.py
+    --methods patchcore,patchcore_exact`): at 209 images it ties with the exact one on image and pixel AUROC and PRO
+    and fits faster; its greedy steps scan one chunk, not the whole bank (the exact one's
+    N x n cost is what made an 800-image fit quadratic). `image_size` and `resize` bring
+    images of any size to one model size (see `Detector`).
     """
 
     def __init__(self, backbone: nn.Module | None = None, layers: Sequence[str] = ("blocks.2", "blocks.3"),
                  coreset_ratio: float = 0.01, num_neighbors: int = 9, projection_dim: int = 64,
                  neighbourhood: int = 3, sigma: float = 4.0, batch_size: int = 32,
-                 device: torch.device | str | None = None, seed: int = 0, align: bool = True) -> None:
+                 device: torch.device | str | None = None, seed: int = 0, align: bool = True,
+                 coreset_chunk: int | None = 65536, image_size: int | tuple[int, int] | None = None,
+                 resize: str = "pad") -> None:
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}.")
-        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device)
+        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device,
+                         image_size, resize)
         self.coreset_ratio, self.num_neighbors = coreset_ratio, num_neighbors
-        self.projection_dim, self.seed = projection_dim, seed
+        self.projection_dim, self.seed, self.coreset_chunk = projection_dim, seed, coreset_chunk
         self.register_buffer("memory_bank", torch.empty(0, 0))  # [M, D] after fit
         self.register_buffer("stage_scales", torch.empty(0))  # [S] mean feature length per stage, after fit
 
@@ -354,17 +521,28 @@ class PatchCore(_FeatureDetector):
         self._require_fit()
         return self._scaled(self.features(images))
 
-    def _fit(self, images: torch.Tensor) -> None:
-        features = self.features(images)  # [N, D, h, w]
-        parts = features.split(self.stage_channels, dim=1)
-        self.stage_scales = torch.stack([part.norm(dim=1).mean() for part in parts])  # [S]
-        patches = self._scaled(features).permute(0, 2, 3, 1).flatten(0, 2)  # [N*h*w, D]
-        n = max(1, round(self.coreset_ratio * len(patches)))
-        keep = anomaly.greedy_coreset(patches, n, self.projection_dim, self.seed) if n < len(patches) else slice(None)
-        self.memory_bank = patches[keep].contiguous()  # [M, D]
+    def _fit(self, batches: _Batches) -> None:
+        self.embedder.eval()
+        bank, filled = None, 0
+        norm_sums = torch.zeros(len(self.stage_channels), dtype=torch.float64, device=self.device)  # [S]
+        for batch in batches:
+            features = self.embedder(batch)  # [b, D, h, w]
+            if bank is None:  # one allocation for every patch of every image
+                bank = features.new_empty(len(batches) * features.shape[2] * features.shape[3], features.shape[1])
+            norm_sums += torch.stack([part.norm(dim=1).double().sum() for part in features.split(self.stage_channels, 1)])
+            patches = features.permute(0, 2, 3, 1).flatten(0, 2)  # [b*h*w, D]
+            bank[filled:filled + len(patches)] = patches
+            filled += len(patches)
+        self.stage_scales = (norm_sums / filled).float()  # [S] mean feature length per stage
+        bank /= self.stage_scales.repeat_interleave(torch.tensor(self.stage_channels, device=bank.device))  # [N*h*w, D]
+        n = max(1, round(self.coreset_ratio * len(bank)))
+        if n < len(bank):
+            keep = anomaly.greedy_coreset(bank, n, self.projection_dim, self.seed, chunk_size=self.coreset_chunk)
+            bank = bank[keep]  # [M, D]
+        self.memory_bank = bank.contiguous()  # [M, D]
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.embed(images)  # [N, D, h, w]
+        features = self._scaled(self.embedder.eval()(images))  # [N, D, h, w]
         n, d, h, w = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(n, h * w, d)  # [N, P, D]
         distances, nearest = anomaly.nearest_neighbours(patches.flatten(0, 1), self.memory_bank)  # [N*P, 1] each
@@ -383,15 +561,18 @@ class PaDiM(_FeatureDetector):
     the weight chosen from the data; a number fixes it; 0 is the paper's plain covariance), plus
     `regularization` x identity. `predict(images)` returns (scores [N], maps [N, H, W]): a
     patch's anomaly is its Mahalanobis distance to its position's Gaussian; an image's score is
-    the maximum of its map.
+    the maximum of its map. Fit streams: each batch is added to running float64 sums
+    (`cu.anomaly.GaussianSums`), so memory is the Gaussians plus one batch, however many images.
     """
 
     def __init__(self, backbone: nn.Module | None = None,
                  layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.3"), n_features: int = 100,
                  regularization: float = 0.01, shrinkage: float | str = "ledoit_wolf", neighbourhood: int = 1,
                  sigma: float = 4.0, batch_size: int = 32, device: torch.device | str | None = None,
-                 seed: int = 0, align: bool = True) -> None:
-        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device)
+                 seed: int = 0, align: bool = True, image_size: int | tuple[int, int] | None = None,
+                 resize: str = "pad") -> None:
+        super().__init__(backbone, layers, layers[0], neighbourhood, align, sigma, "max", 0.01, batch_size, device,
+                         image_size, resize)
         self.n_features, self.regularization, self.shrinkage, self.seed = n_features, regularization, shrinkage, seed
         self.register_buffer("channels", torch.empty(0, dtype=torch.long))  # [C] kept channels, after fit
         self.register_buffer("mean", torch.empty(0))  # [P, C] after fit
@@ -403,17 +584,20 @@ class PaDiM(_FeatureDetector):
         self._require_fit()
         return self.features(images)[:, self.channels]  # [N, C, h, w]
 
-    def _fit(self, images: torch.Tensor) -> None:
-        features = self.features(images)  # [N, D, h, w]
+    def _fit(self, batches: _Batches) -> None:
         generator = torch.Generator().manual_seed(self.seed)
-        self.channels = torch.randperm(features.shape[1], generator=generator)[: self.n_features].to(features.device)
-        gaussians = anomaly.gaussian_per_position(features[:, self.channels], self.regularization, self.shrinkage)
+        self.channels = torch.randperm(sum(self.stage_channels), generator=generator)[: self.n_features].to(self.device)
+        sums = anomaly.GaussianSums()
+        for batch in batches:
+            sums.add(self.embedder.eval()(batch)[:, self.channels])  # [b, C, h, w]
+        gaussians = sums.gaussians(self.regularization, self.shrinkage)
         self.mean, self.precision, self.shrinkage_weights = gaussians  # [P, C], [P, C, C], [P]
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        features = self.embed(images)  # [N, C, h, w]
+        features = self.embedder.eval()(images)[:, self.channels]  # [N, C, h, w]
         if features.shape[2] * features.shape[3] != len(self.mean):
-            raise ValueError("PaDiM compares patch positions: give test images the size of the training images.")
+            raise ValueError("PaDiM compares patch positions: give test images the size of the training images "
+                             "(or give the detector image_size=...).")
         distances = anomaly.mahalanobis_maps(features, self.mean, self.precision)  # [N, h, w]
         return self._to_image_maps(distances, images.shape[-2:]), None  # [N, H, W]
 
@@ -482,7 +666,7 @@ class AnomalibDetector(Detector):
 
                 self.model = PadimModel(layers=self.layers, backbone=backbone, n_features=n_features)
 
-    def _fit(self, images: torch.Tensor) -> None:
+    def _fit(self, batches: _Batches) -> None:
         from course_utils.backbones import imagenet_normalize
 
         with quiet(), torch.random.fork_rng(devices=[]):
@@ -492,8 +676,8 @@ class AnomalibDetector(Detector):
                 self.model.embedding_store = []
             else:
                 self.model.memory_bank = []
-            for batch in images.split(self.batch_size):
-                self.model(imagenet_normalize(batch.to(self.device)))  # stores the batch's embeddings
+            for batch in batches:
+                self.model(imagenet_normalize(batch))  # stores the batch's embeddings
             if self.kind == "patchcore":
                 self.model.subsample_embedding(self.coreset_ratio)
             else:

@@ -221,7 +221,11 @@ def roc_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.nda
 
 
 def _masks_and_maps(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Check ground-truth masks and anomaly maps; return bool masks and float32 maps [N, H, W]."""
+    """Check ground-truth masks and anomaly maps; return bool masks and float32 maps [N, H, W].
+
+    Lists of [H_i, W_i] masks and maps (images of their own sizes) come back as lists of 2-D arrays."""
+    if _ragged(masks) or _ragged(maps):
+        return _ragged_masks_and_maps(masks, maps)
     masks, maps = _numpy(masks), _numpy(maps)
     masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks  # [N, H, W]
     maps = maps[:, 0] if maps.ndim == 4 and maps.shape[1] == 1 else maps  # [N, H, W]
@@ -229,12 +233,37 @@ def _masks_and_maps(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.n
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape "
                          "[N, H, W]: resize the maps to the mask size first (F.interpolate).")
     masks = masks > 0.5
+    _check_both_kinds(masks)
+    return masks, maps.astype(np.float32, copy=False)
+
+
+def _ragged(x) -> bool:
+    """True for a list of 2-D maps or masks of different sizes."""
+    return isinstance(x, (list, tuple)) and len({tuple(np.shape(m)) for m in x}) > 1
+
+
+def _ragged_masks_and_maps(masks, maps) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks and maps of images of their own sizes: lists of bool [H_i, W_i] and float32 [H_i, W_i]."""
+    masks, maps = [_numpy(m) > 0.5 for m in masks], [_numpy(m).astype(np.float32) for m in maps]
+    if len(masks) != len(maps) or any(a.shape != b.shape for a, b in zip(masks, maps)):
+        raise ValueError("masks and maps must be the same number of [H_i, W_i] arrays of equal sizes, "
+                         "one per image: predict on the images the masks belong to.")
+    _check_both_kinds(_flat(masks))
+    return masks, maps
+
+
+def _check_both_kinds(masks: np.ndarray) -> None:
+    """Raise a clear error unless the bool masks hold both defect and normal pixels."""
     if not masks.any():
         raise ValueError("The masks contain no defect pixels: pixel-level metrics need test "
                          "images with defects (pass the masks of the whole test set).")
     if masks.all():
         raise ValueError("The masks contain no normal pixels: pixel-level metrics need both.")
-    return masks, maps.astype(np.float32, copy=False)
+
+
+def _flat(x: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """All pixels of an array [N, H, W] or of a list of [H_i, W_i] arrays, as one vector."""
+    return x.ravel() if isinstance(x, np.ndarray) else np.concatenate([m.ravel() for m in x])
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
@@ -244,7 +273,7 @@ def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
     ones (see `pro_score` for the fairer per-region view).
     """
     masks, maps = _masks_and_maps(masks, maps)
-    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+    return float(roc_auc_score(_flat(masks), _flat(maps)))
 
 
 def pro_curve(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -255,15 +284,19 @@ def pro_curve(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray
     the region's pixels above t (PRO). One sort of all pixels gives every threshold at once.
     """
     masks, maps = _masks_and_maps(masks, maps)
-    connect = np.zeros((3, 3, 3), dtype=bool)
-    connect[1] = True  # 8-connected within an image, never across images
-    regions, n_regions = ndimage.label(masks, structure=connect)  # [N, H, W] ids 1..R
-    sizes = np.bincount(regions.ravel())  # [R + 1] pixels per region (0 = normal)
-    fp_step = (regions == 0).ravel() / sizes[0]  # each normal pixel adds 1/n_normal to FPR
+    regions, n_regions = [], 0
+    for mask in masks:  # 8-connected within an image, never across images
+        labels, found = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))  # [H, W] ids 1..r
+        regions.append(np.where(labels > 0, labels + n_regions, 0).ravel())
+        n_regions += found
+    regions = np.concatenate(regions)  # [all pixels] ids 1..R
+    sizes = np.bincount(regions)  # [R + 1] pixels per region (0 = normal)
+    fp_step = (regions == 0) / sizes[0]  # each normal pixel adds 1/n_normal to FPR
     with np.errstate(divide="ignore"):
-        pro_step = np.where(regions > 0, 1.0 / sizes[regions], 0.0).ravel() / n_regions
-    order = np.argsort(maps.ravel())[::-1]  # highest score first (ties merge below)
-    scores = maps.ravel()[order]
+        pro_step = np.where(regions > 0, 1.0 / sizes[regions], 0.0) / n_regions
+    flat_maps = _flat(maps)
+    order = np.argsort(flat_maps)[::-1]  # highest score first (ties merge below)
+    scores = flat_maps[order]
     fpr, pro = np.cumsum(fp_step[order]), np.cumsum(pro_step[order])  # [H*W*N] each
     last_of_tie = np.append(scores[1:] != scores[:-1], True)  # one point per distinct threshold
     fpr = np.concatenate([[0.0], np.clip(fpr[last_of_tie], 0, 1)])
@@ -497,6 +530,9 @@ def pixel_auroc_difference_interval(masks: ArrayLike, maps_a: ArrayLike, maps_b:
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}.")
+    if _ragged(masks) or _ragged(maps_a) or _ragged(maps_b):
+        raise ValueError("pixel_auroc_difference_interval needs maps of one size [N, H, W]; "
+                         "give the detectors image_size=... and images of one size.")
     masks, a = _masks_and_maps(masks, maps_a)
     _, b = _masks_and_maps(masks, maps_b)
     step_y, step_x = max(1, masks.shape[1] // grid), max(1, masks.shape[2] // grid)

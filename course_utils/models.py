@@ -311,9 +311,9 @@ class MultiLayerFeatures(nn.Module):
                  pool: int = 3, scale_to: str | None = None, align: bool = True) -> None:
         super().__init__()
         from course_utils.anomaly import stage_geometry
-        from course_utils.backbones import FeatureExtractor
+        from course_utils.backbones import FeatureExtractor, inference_copy
 
-        self.extractor = FeatureExtractor(backbone, layers)
+        self.extractor = FeatureExtractor(inference_copy(backbone), layers)  # BatchNorm folded: faster, same features
         self.layers, self.pool, self.align = tuple(layers), pool, align
         self.scale_to = scale_to or self.layers[0]
         if self.scale_to not in self.layers:
@@ -341,7 +341,7 @@ class MultiLayerFeatures(nn.Module):
         """Stacked features [B, C_total, h, w] of images [B, 3, H, W] in [0, 1]."""
         from course_utils.anomaly import patch_embedding
 
-        feats = self.extractor(images)  # {layer: [B, C_i, h_i, w_i]}
+        feats = self.extractor(images.contiguous(memory_format=torch.channels_last))  # {layer: [B, C_i, h_i, w_i]}
         return patch_embedding([feats[name] for name in self.layers], self.pool, self.strides, self.offsets,
                                self.layers.index(self.scale_to), self.align)  # [B, C_total, h, w]
 

@@ -4,7 +4,8 @@ Everything here returns plain tensors so that the labs can show every step. One 
 
 - `paths`: `DATA_DIR` (`<course>/data`, or `$COURSE_DATA`) for downloads and generated data sets,
   `build_dir(...)` (`<course>/build/...`) for what the labs write (checkpoints, logs).
-- `images`: `read_image`, `read_mask`, `resize_mask` (any file format, mode and size), `normalize_uint8`
+- `images`: `read_image`, `read_mask`, `resize_mask` (any file format, mode and size), `fit_to_size` /
+  `map_to_image` (an image to a model's size by "pad", "crop" or "stretch", and its anomaly map back), `normalize_uint8`
   (uint8 images -> floats in [0, 1], standardised per channel if you pass a mean and std) and
   `paste_on_canvas` (images at random places on a larger canvas, with their boxes: lab 4's localisation).
 - `cifar` (labs 1-4): `load_cifar10` reads a local copy, the cached download or, offline in fast
@@ -53,8 +54,14 @@ from course_utils.data.download import (
 )
 from course_utils.data.images import (
     IMAGE_EXTENSIONS,
+    RESIZE_MODES,
+    Placement,
+    fit_mask_to_size,
+    fit_to_size,
+    map_to_image,
     normalize_uint8,
     paste_on_canvas,
+    placement,
     read_image,
     read_mask,
     resize_mask,
@@ -74,11 +81,11 @@ from course_utils.data.paths import DATA_DIR, build_dir
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL", "DATA_DIR", "DEFECT_KINDS",
-    "IMAGE_EXTENSIONS", "MVTEC_LAYOUT", "MVTEC_URLS", "TEXTURES",
-    "AnomalyData", "BatchAugmenter", "ImageData", "ImageTensorDataset", "MVTecDataset", "Sample",
+    "IMAGE_EXTENSIONS", "MVTEC_LAYOUT", "MVTEC_URLS", "RESIZE_MODES", "TEXTURES",
+    "AnomalyData", "BatchAugmenter", "ImageData", "ImageTensorDataset", "MVTecDataset", "Placement", "Sample",
     "add_defect", "build_dir", "check_mvtec_layout", "cut_paste", "default_anomaly_root", "digits_stand_in",
-    "download_file", "download_mvtec", "list_samples", "load_anomaly_data", "load_cifar10",
-    "load_image_folder", "make_defect_dataset", "make_loaders", "make_test_loader", "normalize_uint8",
-    "paste_on_canvas",
+    "download_file", "download_mvtec", "fit_mask_to_size", "fit_to_size", "list_samples", "load_anomaly_data",
+    "load_cifar10", "load_image_folder", "make_defect_dataset", "make_loaders", "make_test_loader", "map_to_image",
+    "normalize_uint8", "paste_on_canvas", "placement",
     "random_crop_flip", "read_image", "read_mask", "resize_mask", "sha256_of",
 ]

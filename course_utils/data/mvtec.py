@@ -18,6 +18,7 @@ from course_utils import device as _device
 from course_utils.data.defects import make_defect_dataset
 from course_utils.data.images import (
     IMAGE_EXTENSIONS,
+    RESIZE_MODES,
     _image_files,
     read_image,
     read_mask,
@@ -104,12 +105,16 @@ class MVTecDataset(Dataset):
 
     Each item: `image` float [3, S, S] in [0, 1], `label` int (0 good, 1 defective), `mask`
     float [1, S, S] in {0, 1} (all zeros for good images), `defect` str ("good", "scratch", ...),
-    `path` str. Images of any size, mode and format are resized to S = `image_size`.
+    `path` str. Images of any size, mode and format are brought to S = `image_size` (or (H, W))
+    by `resize` ("stretch", "pad" or "crop": `cu.data.fit_to_size`); `image_size=None` keeps
+    each image's own size. A detector's `fit`/`predict` can read the data set batch by batch.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", image_size: int = 256,
-                 allow_missing_masks: bool = False) -> None:
-        self.root, self.split, self.image_size = Path(root), split, image_size
+    def __init__(self, root: str | Path, split: str = "train", image_size: int | tuple[int, int] | None = 256,
+                 allow_missing_masks: bool = False, resize: str = "stretch") -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}.")
+        self.root, self.split, self.image_size, self.resize = Path(root), split, image_size, resize
         self.samples = list_samples(root, split, allow_missing_masks)
 
     def __len__(self) -> int:
@@ -117,8 +122,12 @@ class MVTecDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s, size = self.samples[i], self.image_size
-        mask = read_mask(s.mask_path, size) if s.mask_path else torch.zeros(size, size)  # [S, S]
-        return {"image": read_image(s.path, size), "label": s.label, "mask": mask[None],
+        image = read_image(s.path, size, self.resize)  # [3, S, S] (or [3, H, W])
+        mask = read_mask(s.mask_path, size, self.resize) if s.mask_path else torch.zeros(image.shape[-2:])  # [S, S]
+        if mask.shape != image.shape[-2:]:
+            raise ValueError(f"The mask {s.mask_path} is {tuple(mask.shape)} but its image {s.path} is "
+                             f"{tuple(image.shape[-2:])}: give every defect a mask of its image's size.")
+        return {"image": image, "label": s.label, "mask": mask[None],
                 "defect": s.defect, "path": str(s.path)}
 
 
@@ -130,12 +139,15 @@ class AnomalyData:
     `test_labels` int64 [M] (1 = defective), `test_masks` float [M, S, S] in {0, 1},
     `test_defects` the defect name of each test image ("good" for good ones), `name` the data
     set's name, `test_paths` the files, `has_masks` False when pixel masks are unknown.
+    Loaded with `image_size=None`, images keep their own sizes: `train_images`, `test_images`
+    and `test_masks` are then lists of [3, H_i, W_i] and [H_i, W_i] tensors. Images may be
+    uint8 (0..255, `dtype=torch.uint8`: a quarter of the memory); detectors accept both.
     """
 
-    train_images: torch.Tensor
-    test_images: torch.Tensor
+    train_images: torch.Tensor | list[torch.Tensor]
+    test_images: torch.Tensor | list[torch.Tensor]
     test_labels: torch.Tensor
-    test_masks: torch.Tensor
+    test_masks: torch.Tensor | list[torch.Tensor]
     test_defects: list[str]
     name: str
     test_paths: list[str] = field(default_factory=list)
@@ -143,29 +155,48 @@ class AnomalyData:
 
     def __repr__(self) -> str:
         kinds = sorted(set(self.test_defects))
-        return (f"AnomalyData({self.name!r}: train {tuple(self.train_images.shape)}, test "
-                f"{tuple(self.test_images.shape)} with {int(self.test_labels.sum())} defective, "
+
+        def shape(images) -> str:
+            return str(tuple(images.shape)) if torch.is_tensor(images) else f"{len(images)} images of own sizes"
+
+        return (f"AnomalyData({self.name!r}: train {shape(self.train_images)}, test "
+                f"{shape(self.test_images)} with {int(self.test_labels.sum())} defective, "
                 f"kinds {kinds})")
 
 
-def load_anomaly_data(root: str | Path, image_size: int = 256, n_train: int | None = None,
-                      allow_missing_masks: bool = False) -> AnomalyData:
+def _stack_or_list(images: list[torch.Tensor], dtype: torch.dtype, same_size: bool) -> torch.Tensor | list:
+    """Images [3, H, W] float in [0, 1] as `dtype` (uint8: 0..255), stacked [N, 3, H, W] when `same_size`."""
+    if dtype == torch.uint8:
+        images = [(im * 255).round_().to(torch.uint8) for im in images]
+    elif dtype != torch.float32:
+        raise ValueError(f"dtype must be torch.float32 or torch.uint8, not {dtype}.")
+    return torch.stack(images) if same_size else images
+
+
+def load_anomaly_data(root: str | Path, image_size: int | tuple[int, int] | None = 256, n_train: int | None = None,
+                      allow_missing_masks: bool = False, resize: str = "stretch",
+                      dtype: torch.dtype = torch.float32) -> AnomalyData:
     """Read a whole MVTec-layout folder into memory (see `AnomalyData` for the shapes).
 
     `n_train` keeps that many training images, evenly spaced over the sorted file list (all by
-    default); the test split is always complete.
+    default); the test split is always complete. `image_size` (S or (H, W)) and `resize`
+    ("stretch", "pad" or "crop", see `cu.data.fit_to_size`) bring images and masks alike to one
+    size; `image_size=None` keeps every image at its own size (lists of tensors; give the
+    detector `image_size=...` and it brings them to its size and its maps back to each image's).
+    `dtype=torch.uint8` keeps images as 0..255 bytes (a quarter of the memory of float32).
     """
-    train = MVTecDataset(root, "train", image_size)
+    train = MVTecDataset(root, "train", image_size, resize=resize)
     if n_train is not None and n_train < len(train):
         keep = np.linspace(0, len(train) - 1, n_train).round().astype(int)
         train.samples = [train.samples[i] for i in keep]
-    test = MVTecDataset(root, "test", image_size, allow_missing_masks)
+    test = MVTecDataset(root, "test", image_size, allow_missing_masks, resize)
     items = [test[i] for i in range(len(test))]
+    same = image_size is not None
     return AnomalyData(
-        train_images=torch.stack([train[i]["image"] for i in range(len(train))]),  # [N, 3, S, S]
-        test_images=torch.stack([it["image"] for it in items]),  # [M, 3, S, S]
+        train_images=_stack_or_list([train[i]["image"] for i in range(len(train))], dtype, same),  # [N, 3, S, S]
+        test_images=_stack_or_list([it["image"] for it in items], dtype, same),  # [M, 3, S, S]
         test_labels=torch.tensor([it["label"] for it in items], dtype=torch.int64),  # [M]
-        test_masks=torch.stack([it["mask"][0] for it in items]),  # [M, S, S]
+        test_masks=_stack_or_list([it["mask"][0] for it in items], torch.float32, same),  # [M, S, S]
         test_defects=[it["defect"] for it in items], name=Path(root).resolve().name,
         test_paths=[it["path"] for it in items],
         has_masks=all(s.mask_path or not s.label for s in test.samples))
