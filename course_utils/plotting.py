@@ -214,7 +214,7 @@ def plot_confusion_matrix(cm, classes: Sequence[str], normalize: bool = False) -
     fig, axes = _figure(1, 1, (0.55 * len(classes) + 2, 0.55 * len(classes) + 1.5))
     ax = axes[0, 0]
     image = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class" if normalize else "images")
     fmt = "{:.2f}" if normalize else "{:.0f}"
     for (row, col), value in np.ndenumerate(cm):
         ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize="small",
@@ -222,7 +222,7 @@ def plot_confusion_matrix(cm, classes: Sequence[str], normalize: bool = False) -
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=45, ha="right")
     ax.set_yticks(ticks, classes)
-    ax.set(xlabel="predicted", ylabel="true")
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (rows: true class)")
     fig.tight_layout()
     return fig
 
@@ -486,15 +486,17 @@ def show_boxes(images, true_boxes, pred_boxes=None, titles: Sequence[str] | None
     for i, ax in enumerate(axes):
         _imshow(ax, arrays[i])
         h, w = arrays[i].shape[:2]
-        for boxes, colour, style in ((true_boxes, "lime", "-"), (pred_boxes, "red", "--")):
+        for boxes, colour, style, label in ((true_boxes, "lime", "-", "true box"),
+                                            (pred_boxes, "red", "--", "predicted box")):
             if boxes is None:
                 continue
             x0, y0, x1, y1 = _numpy(boxes)[i] * np.array([w, h, w, h])
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
-                                   linestyle=style, linewidth=2))
+                                   linestyle=style, linewidth=2, label=label if i == 0 else None))
         if titles is not None:
             ax.set_title(titles[i], fontsize="small")
     fig.tight_layout()
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize="small")  # below the grid
     return fig
 
 

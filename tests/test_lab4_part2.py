@@ -153,6 +153,9 @@ def test_show_boxes_draws_a_true_and_a_predicted_box_per_image() -> None:
     fig = plotting.show_boxes(torch.rand(2, 3, 16, 16), boxes, boxes.flip(0), titles=["a", "b"])
     assert isinstance(fig, Figure) and [len(ax.patches) for ax in fig.axes] == [2, 2]
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["true box", "predicted box"]
+    only_true = plotting.show_boxes(torch.rand(2, 3, 16, 16), boxes)
+    assert [t.get_text() for t in only_true.legends[0].get_texts()] == ["true box"]
     plt.close("all")
 
 

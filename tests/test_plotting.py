@@ -76,6 +76,7 @@ def test_plot_confusion_matrix_labels_classes_and_counts():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "frog"]
     assert [t.get_text() for t in ax.texts] == [str(v) for v in cm.ravel()]
     assert len(fig.axes) == 2  # matrix + colour bar
+    assert fig.axes[1].get_ylabel() == "images" and ax.get_xlabel() == "predicted class"
     normalised = p.plot_confusion_matrix(cm, ["cat", "dog", "frog"], normalize=True).axes[0]
     assert normalised.texts[0].get_text() == f"{5 / 6:.2f}"
     with pytest.raises(ValueError, match="classes"):
