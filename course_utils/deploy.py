@@ -83,11 +83,14 @@ class Deployable:
         many images does that need? The rate measured on N images is only an estimate: with 0
         false alarms among N good images, the one-sided 95 % (Clopper-Pearson) upper bound on the
         true rate is about 3 / N, so a 1 % budget needs about 300 good images with no alarm
-        (`cu.metrics.good_images_needed`). The images must not be the training images (their
-        scores are too low). Stores `threshold` (a buffer, saved with the detector) and
-        `calibration` (rate, N, that upper bound); returns the detector.
+        (`cu.metrics.good_images_needed`), and those must be OTHER good images: the calibration
+        images pass by construction, so they check nothing. On new good parts such a threshold
+        flags about (k+1)/(N+1) on average (above the budget when N is small). The images must not
+        be the training images (their scores are too low). Stores `threshold` (a buffer, saved with
+        the detector) and `calibration` (rate, N, alarms, that expected rate on new good parts);
+        returns the detector.
         """
-        from course_utils.metrics import false_alarm_threshold, false_alarm_upper_bound
+        from course_utils.metrics import false_alarm_threshold
 
         prediction = self.predict(good_images)
         scores = prediction.scores  # [N]
@@ -96,7 +99,7 @@ class Deployable:
         alarms = int((scores >= threshold).sum())
         self.calibration = {"false_alarm_rate": float(false_alarm_rate), "n_good": len(scores),
                             "false_alarms": alarms, "confidence": float(confidence),
-                            "upper_bound": false_alarm_upper_bound(len(scores), alarms, confidence),
+                            "expected_new_rate": (alarms + 1) / (len(scores) + 1),  # on new good parts, on average
                             "map_median": float(prediction.maps.median())}
         return self
 
