@@ -191,6 +191,8 @@ def test_inspect_keeps_a_wide_image_s_size_and_leaves_the_padding_out_of_its_map
     whole = F.interpolate(canvas_map[None, None], size=(40, 96), mode="bilinear", align_corners=False)[0, 0]
     assert torch.allclose(maps[0], expected, atol=1e-4)
     assert not torch.allclose(maps[0], whole, atol=1e-3)  # the bands would have been stretched in
+    _, stretched = inspect_cli.predict_images(detector, [image], resize="stretch")  # --resize stretch: no bands
+    assert tuple(stretched[0].shape) == (40, 96) and not torch.allclose(stretched[0], maps[0], atol=1e-3)
 
 
 def test_inspect_command_reports_a_missing_model_and_an_empty_folder(fitted, tmp_path, capsys) -> None:
