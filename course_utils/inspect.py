@@ -4,9 +4,10 @@ Writes DIR/scores.csv (one row per image: file, score, flagged) and DIR/overlays
 (the image with its anomaly map on top, red = the detector's threshold) and shows a progress
 bar. Images are found recursively (PNG, JPG, BMP, TIFF); grayscale, RGBA and 16-bit files are
 read as RGB by `cu.data.read_image`; any size or aspect ratio works: each image is brought to
-the detector's training size for the model, and its map is brought back to the image's own
-size. A file that cannot be read is reported on stderr, listed in DIR/skipped.txt and skipped;
-the run never stops for it. In Python: `inspect_folder(detector, folder, out)` or `main([...])`.
+the detector's size by the detector's own `resize` mode ("pad", "crop" or "stretch",
+`cu.data.fit_to_size`), and its map is brought back to the image's own size. A file that
+cannot be read is reported on stderr, listed in DIR/skipped.txt and skipped; the run never
+stops for it. In Python: `inspect_folder(detector, folder, out)` or `main([...])`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from course_utils.data.images import RESIZE_MODES
 
 
 class Inspection(NamedTuple):
@@ -45,19 +47,39 @@ def image_files(folder: str | Path, exclude: str | Path | None = None) -> list[P
     return sorted(p for p in found if skip is None or skip not in p.resolve().parents)
 
 
-def to_model_size(images: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Images [3, H_i, W_i] of any sizes as one batch [N, 3, h, w] at the detector's size (bilinear, antialiased)."""
-    out = [image if tuple(image.shape[-2:]) == tuple(size) else
-           F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
-           for image in images]  # each [3, h, w]
-    return torch.stack(out)  # [N, 3, h, w]
+def model_size(detector, image_size: Sequence[int] | None = None) -> tuple[int, int]:
+    """The (H, W) the model sees: `image_size`, else the detector's own `image_size`, else its training size `fit_size`."""
+    own = getattr(detector, "model_size", None)
+    if own is not None and image_size is not None and tuple(image_size) != tuple(own):
+        raise ValueError(f"This detector was built with image_size={tuple(own)} and sees images at that size: "
+                         "leave out --image-size (image_size=) or give the same size.")
+    size = tuple(int(v) for v in (image_size or own or detector.fit_size.tolist()))
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError("The detector records no training image size: pass image_size=(H, W) (--image-size).")
+    return size
 
 
-def to_image_size(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """An anomaly map [h, w] at the detector's size brought back to its image's own size [H, W] (bilinear)."""
-    if tuple(anomaly_map.shape) == tuple(size):
-        return anomaly_map
-    return F.interpolate(anomaly_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]  # [H, W]
+def predict_images(detector, images: Sequence[torch.Tensor], size: Sequence[int] | None = None,
+                   resize: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Scores [b] and one anomaly map [H_i, W_i] per image [3, H_i, W_i], each map at its image's own size.
+
+    Images are brought to `size` (default: `model_size(detector)`) by `resize` ("pad", "crop" or
+    "stretch"; default: the detector's own mode). A detector with its own `image_size` and mode
+    takes the list as it is (`Detector.predict` fits each image and maps back); otherwise
+    `cu.data.fit_to_size` brings each image to `size` and `cu.data.map_to_image` undoes it.
+    """
+    from course_utils.data.images import fit_to_size, map_to_image
+
+    own_resize = detector.preprocessing()["resize"]
+    size, resize = model_size(detector, size), resize or own_resize
+    if getattr(detector, "model_size", None) is not None and resize == own_resize:
+        prediction = detector.predict(list(images))  # scores [b], maps [b, H, W] or b x [H_i, W_i]
+        return prediction.scores, list(prediction.maps)
+    batch = torch.stack([fit_to_size(image, size, resize) for image in images])  # [b, 3, h, w]
+    prediction = detector.predict(batch)  # scores [b], maps [b, h, w]
+    maps = [map_to_image(m[None], image.shape[-2:], resize)[0]  # [H_i, W_i]
+            for m, image in zip(prediction.maps, images)]
+    return prediction.scores, maps
 
 
 def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, low: float, high: float) -> np.ndarray:
@@ -96,11 +118,12 @@ def _read_batch(paths: Sequence[Path], report) -> tuple[list[Path], list[torch.T
 
 def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: int = 16,
                    image_size: tuple[int, int] | None = None, overlays: bool = True,
-                   progress: bool = True) -> Inspection:
+                   progress: bool = True, resize: str | None = None) -> Inspection:
     """Score every image under `folder` with a fitted `detector`; write out/scores.csv and out/overlays/.
 
-    Images go through the model in batches of `batch_size` at `image_size` (default: the
-    detector's training size, `fit_size`), then each map returns to its image's size. The CSV
+    Images go through the model in batches of `batch_size` (`predict_images`), brought to
+    `image_size` (default: the detector's own `image_size`, else its training size `fit_size`) by
+    `resize` (default: the detector's mode); each map returns to its image's size. The CSV
     has one row per readable image: file (relative to `folder`), score, flagged (`score >=
     detector.threshold`; empty when the detector was never calibrated). Overlay colours run from
     the median calibration pixel (clear) to the threshold (red); without a threshold, from each
@@ -111,9 +134,9 @@ def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: in
     from tqdm import tqdm
 
     folder, out = Path(folder), Path(out)
-    size = tuple(image_size) if image_size is not None else tuple(int(v) for v in detector.fit_size.tolist())
-    if min(size) <= 0:
-        raise ValueError("The detector records no training image size: pass image_size=(H, W) (--image-size).")
+    size = model_size(detector, image_size)  # (H, W) the model sees
+    if resize is not None and resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}.")
     threshold = float(detector.threshold)
     calibrated = math.isfinite(threshold)  # inf: never calibrated
     low = detector.calibration.get("map_median", 0.0) if calibrated else None
@@ -134,14 +157,12 @@ def inspect_folder(detector, folder: str | Path, out: str | Path, batch_size: in
         for start in range(0, len(files), batch_size):
             paths, images = _read_batch(files[start:start + batch_size], report)
             if images:
-                prediction = detector.predict(to_model_size(images, size))  # scores [b], maps [b, h, w]
-                flags = detector.flag(prediction).tolist() if calibrated else [None] * len(images)
-                for path, image, score, flag, anomaly_map in zip(paths, images, prediction.scores.tolist(), flags,
-                                                                prediction.maps):
+                scores, maps = predict_images(detector, images, size, resize)  # [b], b x [H_i, W_i]
+                flags = detector.flag(scores).tolist() if calibrated else [None] * len(images)
+                for path, image, score, flag, full in zip(paths, images, scores.tolist(), flags, maps):
                     relative = path.relative_to(folder)
                     rows.append((relative.as_posix(), score, flag))
                     if overlays:
-                        full = to_image_size(anomaly_map, tuple(image.shape[-2:]))  # [H, W]
                         lo, hi = (low, threshold) if calibrated else (float(full.min()), float(full.max()))
                         target = overlay_dir / _overlay_name(relative, taken)
                         target.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +200,11 @@ def _parser() -> argparse.ArgumentParser:
                                                               "(default: ./inspection)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="the size the model sees (default: the size the detector was fitted at)")
+                        help="the size the model sees (default: the detector's image_size, else the size it was "
+                             "fitted at); images are brought to it by the detector's resize mode")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                        help="how an image of another aspect ratio reaches that size: pad (black borders), crop "
+                             "(centre) or stretch (default: the detector's own mode, see detector.preprocessing())")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu)")
     parser.add_argument("--no-overlays", action="store_true", help="write scores.csv only")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -194,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         detector = load(args.model_file, device=args.device)
         result = inspect_folder(detector, args.images_dir, args.out, args.batch_size, args.image_size,
-                                overlays=not args.no_overlays, progress=not args.no_progress)
+                                overlays=not args.no_overlays, progress=not args.no_progress, resize=args.resize)
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

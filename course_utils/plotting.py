@@ -110,6 +110,25 @@ def _as_maps(maps) -> np.ndarray:
     return x
 
 
+def _differ_in_size(items) -> bool:
+    """True for a list or tuple of arrays/tensors that do not all have one shape (they cannot be stacked)."""
+    return isinstance(items, (list, tuple)) and len({tuple(np.shape(_numpy(item))) for item in items}) > 1
+
+
+def _as_image_list(images) -> list[np.ndarray]:
+    """Images as a list of [H_i, W_i] or [H_i, W_i, 3] arrays: a batch, or a list of differently sized images."""
+    if _differ_in_size(images):
+        return [_as_images(_numpy(image)[None])[0] for image in images]  # each [H_i, W_i(, 3)]
+    return list(_as_images(images))
+
+
+def _as_map_list(maps) -> list[np.ndarray]:
+    """Maps as a list of [H_i, W_i] arrays: a batch [N, H, W], or a list of differently sized maps."""
+    if _differ_in_size(maps):
+        return [_as_maps(m)[0] for m in maps]  # each [H_i, W_i]
+    return list(_as_maps(maps))
+
+
 def _imshow(ax, image: np.ndarray, **kwargs) -> None:
     """Show one gray [H, W] or colour [H, W, 3] image in [0, 1] without interpolation blur."""
     if image.ndim == 2:
@@ -317,38 +336,38 @@ def show_anomaly_maps(images, maps=None, masks=None, scores=None, titles: Sequen
 
     Every argument but `images` is optional: without `maps` the images are shown with only their
     `masks` [N, H, W] (0.5 contour) outlined, e.g. to show what the defects look like. Maps may
-    be smaller than the images (they are stretched to fit). By default all maps share one colour
-    scale (`vmin`..`vmax`, default: the range of all maps) with one colour bar labelled `label`,
-    so a calm map on a good image looks calm; `shared_scale=False` scales each map to its own
-    range, with its own colour bar. `scores` [N] are written under the titles (3 decimals).
-    The figure has N axes plus the colour bar(s).
+    be smaller than the images (they are stretched to fit); images, maps and masks may also be
+    lists of differently sized items (e.g. the `maps` of a `Prediction` for images of several
+    sizes). By default all maps share one colour scale (`vmin`..`vmax`, default: the range of all
+    maps) with one colour bar labelled `label`, so a calm map on a good image looks calm;
+    `shared_scale=False` scales each map to its own range, with its own colour bar. `scores` [N]
+    are written under the titles (3 decimals). The figure has N axes plus the colour bar(s).
     """
     if scores is not None and titles is None and all(isinstance(t, str) for t in scores):
         scores, titles = None, scores  # the old call show_anomaly_maps(images, maps, masks, titles)
-    x = _as_images(images)
-    m = _as_maps(maps) if maps is not None else None
-    gt = _as_maps(masks) if masks is not None else None
+    x = _as_image_list(images)
+    m = _as_map_list(maps) if maps is not None else None
+    gt = _as_map_list(masks) if masks is not None else None
     score_list = None if scores is None else [float(s) for s in _numpy(scores).ravel()]
     for name, given in (("anomaly maps", m), ("masks", gt), ("scores", score_list), ("titles", titles)):
         if given is not None and len(given) != len(x):
             raise ValueError(f"Got {len(x)} images but {len(given)} {name}: pass one per image.")
     fig, axes = _grid(len(x), ncols, cell=(2.2, 2.3))
-    height, width = x.shape[1:3]
-    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # stretch a small map over the image
     if m is not None and shared_scale:
-        vmin = float(m.min()) if vmin is None else vmin
-        vmax = float(m.max()) if vmax is None else vmax
+        vmin = min(float(mi.min()) for mi in m) if vmin is None else vmin
+        vmax = max(float(mi.max()) for mi in m) if vmax is None else vmax
     for i, ax in enumerate(axes):
         _imshow(ax, x[i])
+        height, width = x[i].shape[:2]
         if m is not None:
             low, high = (vmin, vmax) if shared_scale else (float(m[i].min()), float(m[i].max()))
-            heat = ax.imshow(m[i], cmap="jet", alpha=alpha, vmin=low, vmax=high, extent=extent,
-                             interpolation="bilinear")
+            heat = ax.imshow(m[i], cmap="jet", alpha=alpha, vmin=low, vmax=high, interpolation="bilinear",
+                             extent=(-0.5, width - 0.5, height - 0.5, -0.5))  # stretch a small map over the image
             if not shared_scale:
                 fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
         if gt is not None and gt[i].max() > 0.5:
-            cols = np.linspace(0, width - 1, gt.shape[2])  # mask pixel -> image pixel
-            rows = np.linspace(0, height - 1, gt.shape[1])
+            cols = np.linspace(0, width - 1, gt[i].shape[1])  # mask pixel -> image pixel
+            rows = np.linspace(0, height - 1, gt[i].shape[0])
             ax.contour(cols, rows, gt[i], levels=[0.5], colors="lime", linewidths=2.0)
         lines = ([str(titles[i])] if titles is not None else []) + \
                 ([f"score {score_list[i]:.3f}"] if score_list is not None else [])

@@ -152,7 +152,7 @@ def test_inspect_command_scores_a_folder_and_skips_a_corrupt_file(fitted, tmp_pa
     assert wide.size == (96, 40) and wide.mode == "RGB"  # the overlay has the image's own size
     assert sorted(p.name for p in (out / "overlays").rglob("*.png")) == ["gray.png", "rgb.png", "rgba.png", "wide.png"]
     assert "broken.png" in (out / "skipped.txt").read_text()
-    expected = detector.predict(inspect_cli.to_model_size([_read(images / "rgb.png")], (SIZE, SIZE))).scores
+    expected = detector.predict(_read(images / "rgb.png")[None]).scores  # rgb.png has the training size
     assert float(rows[2]["score"]) == pytest.approx(float(expected[0]), rel=1e-5)
 
 
@@ -160,6 +160,39 @@ def _read(path):
     from course_utils.data import read_image
 
     return read_image(path)
+
+
+@pytest.mark.parametrize("own_size", [False, True], ids=["fit_size", "image_size"])
+def test_inspect_keeps_a_wide_image_s_size_and_leaves_the_padding_out_of_its_map(fitted, backbone, own_size,
+                                                                                  tmp_path) -> None:
+    from course_utils.data.images import fit_to_size, placement
+
+    if own_size:  # the detector resizes images itself
+        detector = detectors.PatchCore(backbone, coreset_ratio=0.2, sigma=2.0, image_size=SIZE, resize="pad")
+        detector.fit(_texture(8, seed=0))
+    else:  # inspect brings images to the recorded fit_size by the detector's resize mode
+        detector = fitted["patchcore"]
+    assert detector.resize == "pad"
+    wide = F.interpolate(_texture(1, seed=9), size=(40, 96), mode="bilinear", antialias=True)[0]  # [3, 40, 96]
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    Image.fromarray((wide.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(images / "w.png")
+    model = detector.save(tmp_path / "model.pt")
+    assert inspect_cli.main([str(model), str(images), "--out", str(out), "--no-progress"]) == 0
+    assert Image.open(out / "overlays" / "w.png").size == (96, 40)  # the overlay has the image's own size
+    image = _read(images / "w.png")  # [3, 40, 96]
+    _, maps = inspect_cli.predict_images(detector, [image], inspect_cli.model_size(detector))
+    assert tuple(maps[0].shape) == (40, 96)
+    where = placement((40, 96), SIZE, "pad")
+    assert where.top > 0  # black bands above and below the image on the model's canvas
+    canvas_map = detector.predict(fit_to_size(image, SIZE, "pad")[None]).maps[0]  # [64, 64], bands included
+    inside = canvas_map[where.top:where.top + where.scaled[0]]  # [h, 64]: the image's rows only
+    expected = F.interpolate(inside[None, None], size=(40, 96), mode="bilinear", align_corners=False)[0, 0]
+    whole = F.interpolate(canvas_map[None, None], size=(40, 96), mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(maps[0], expected, atol=1e-4)
+    assert not torch.allclose(maps[0], whole, atol=1e-3)  # the bands would have been stretched in
+    _, stretched = inspect_cli.predict_images(detector, [image], resize="stretch")  # --resize stretch: no bands
+    assert tuple(stretched[0].shape) == (40, 96) and not torch.allclose(stretched[0], maps[0], atol=1e-3)
 
 
 def test_inspect_command_reports_a_missing_model_and_an_empty_folder(fitted, tmp_path, capsys) -> None:

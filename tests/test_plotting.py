@@ -113,6 +113,22 @@ def test_show_anomaly_maps_draws_heat_maps_and_outlines():
     assert panels[0].images[1].get_clim() == (float(maps.min()), float(maps.max()))  # shared scale
 
 
+def test_show_anomaly_maps_takes_lists_of_differently_sized_images_and_maps():
+    images = [torch.rand(3, 40, 96), torch.rand(3, 64, 64)]  # a wide image and a square one
+    maps = [torch.rand(40, 96), torch.rand(64, 64) + 2.0]  # each at its image's own size
+    masks = [torch.zeros(40, 96), torch.zeros(1, 64, 64)]
+    masks[1][:, 10:20, 30:50] = 1
+    fig = p.show_anomaly_maps(images, maps, masks)
+    panels = fig.axes[:2]
+    assert len(fig.axes) == 2 + 1 and [len(ax.collections) for ax in panels] == [0, 1]
+    assert [ax.images[0].get_array().shape[:2] for ax in panels] == [(40, 96), (64, 64)]
+    assert [ax.images[1].get_extent() for ax in panels] == [[-0.5, 95.5, 39.5, -0.5], [-0.5, 63.5, 63.5, -0.5]]
+    clim = (float(min(m.min() for m in maps)), float(max(m.max() for m in maps)))
+    assert all(ax.images[1].get_clim() == pytest.approx(clim) for ax in panels)  # one scale over both maps
+    with pytest.raises(ValueError, match="2 images but 1 anomaly maps"):
+        p.show_anomaly_maps(images, maps[:1])
+
+
 def test_show_anomaly_maps_without_maps_outlines_the_masks_only():
     images, masks = torch.rand(3, 3, 32, 32), torch.zeros(3, 32, 32)
     masks[2, 5:15, 5:15] = 1
