@@ -773,10 +773,11 @@ class ClassicalDetector(Detector):
             return self.pca.transform(images.flatten(1).numpy())  # [N, k]
         return pooled_features(self.extractor, images, self.pooling, self.batch_size, self.device).numpy()  # [N, D]
 
-    def _fit(self, images: torch.Tensor) -> None:
+    def _fit(self, images: "_Batches") -> None:
         from sklearn.decomposition import PCA
         from sklearn.preprocessing import StandardScaler
 
+        images = images.stack()  # [N, 3, S, S]: one vector per image needs them all at once
         if self.features_kind == "pca":
             k = min(self.n_components, len(images) - 1, images[0].numel())
             self.pca = PCA(n_components=k, random_state=self.seed).fit(images.flatten(1).numpy())
