@@ -483,10 +483,14 @@ class AurocComparison(NamedTuple):
     high: float
     level: float
 
-    def sentence(self, name_a: str = "a", name_b: str = "b") -> str:
-        """One printable sentence, e.g. `PCA - autoencoder: +0.012 (95% interval -0.020 to +0.045): a tie`."""
+    def sentence(self, name_a: str = "a", name_b: str = "b", images: str = "test-set") -> str:
+        """One printable sentence, e.g. `PCA - autoencoder: +0.012 (95% interval -0.020 to +0.045): a tie`.
+
+        `images` names the images compared, for the noise the verdict covers: "test-set" (the default)
+        or e.g. "validation" when two settings are compared on validation images.
+        """
         verdict = ("a tie (the interval contains 0)" if self.verdict == "a tie" else
-                   f"{name_a if self.verdict == 'ahead' else name_b} ranks better, beyond the test-set noise")
+                   f"{name_a if self.verdict == 'ahead' else name_b} ranks better, beyond the {images} noise")
         return (f"{name_a} - {name_b}: {self.difference:+.3f} ({self.level:.0%} interval {self.low:+.3f} "
                 f"to {self.high:+.3f}): {verdict}")
 

@@ -300,16 +300,20 @@ def show_feature_maps(fmaps, ncols: int = 8, max_maps: int = 32, title: str | No
 # Anomaly detection: reconstructions, anomaly maps, ROC curves
 # --------------------------------------------------------------------------------------------
 
-def show_reconstructions(inputs, recons, n: int = 8, errors: bool = True) -> Figure:
+def show_reconstructions(inputs, recons, n: int = 8, errors: bool = True,
+                         titles: Sequence[str] | None = None) -> Figure:
     """The first `n` inputs (top row) above their reconstructions (middle row).
 
     With `errors=True` a third row shows the error map |input - reconstruction| (mean over
-    channels, one colour scale for all). Inputs and reconstructions are [N, C, H, W] in [0, 1].
-    The figure has n x 2 (or n x 3) axes.
+    channels, one colour scale for all, with a colour bar). Inputs and reconstructions are
+    [N, C, H, W] in [0, 1]; `titles` names the columns (e.g. "good", "crack"). The figure has
+    n x 2 (or n x 3, plus the colour bar) axes.
     """
     x, r = _numpy(inputs)[:n], _numpy(recons)[:n]
     if x.shape != r.shape:
         raise ValueError(f"inputs {x.shape} and reconstructions {r.shape} differ in shape.")
+    if titles is not None and len(titles) < len(x):
+        raise ValueError(f"Got {len(titles)} titles for {len(x)} columns: pass one title per image shown.")
     error = np.abs(x - r)
     error = error.mean(axis=1) if error.ndim == 4 else error  # [n, H, W]
     rows = [("input", _as_images(x)), ("reconstruction", _as_images(np.clip(r, 0, 1)))]
@@ -317,14 +321,18 @@ def show_reconstructions(inputs, recons, n: int = 8, errors: bool = True) -> Fig
     for row, (name, images) in enumerate(rows):
         for i, ax in enumerate(axes[row]):
             _imshow(ax, images[i])
-        axes[row, 0].set_title(name, loc="left", fontsize="small")
-    if errors:
-        for i, ax in enumerate(axes[2]):
-            ax.imshow(error[i], cmap="inferno", vmin=0, vmax=error.max(), interpolation="nearest")
-        axes[2, 0].set_title("|error|", loc="left", fontsize="small")
+            if row == 0 and titles is not None:
+                ax.set_title(f"{name}: {titles[i]}" if i == 0 else titles[i], fontsize="small")
+        if row or titles is None:
+            axes[row, 0].set_title(name, loc="left", fontsize="small")
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()
+    if errors:
+        for i, ax in enumerate(axes[2]):
+            shown = ax.imshow(error[i], cmap="inferno", vmin=0, vmax=error.max(), interpolation="nearest")
+        axes[2, 0].set_title("|error|", loc="left", fontsize="small")
+        fig.colorbar(shown, ax=axes[2].tolist(), fraction=0.02, pad=0.01, label="|error|")
     return fig
 
 

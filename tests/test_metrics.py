@@ -322,6 +322,9 @@ def test_compare_aurocs_calls_ahead_behind_and_ties_from_the_paired_interval():
     tie = m.compare_aurocs(labels, good, nudged)
     assert tie.verdict == "a tie" and tie.low <= 0 <= tie.high
     assert "a tie" in tie.sentence("x", "y") and "x ranks better" in ahead.sentence("x", "y")
+    assert "beyond the test-set noise" in ahead.sentence("x", "y")  # the default: a test-set comparison
+    on_valid = ahead.sentence("x", "y", images="validation")  # a comparison on validation images says so
+    assert "beyond the validation noise" in on_valid and "test-set" not in on_valid
     wide = m.compare_aurocs(labels, good, nudged, level=0.99)
     assert wide.high - wide.low >= tie.high - tie.low and "99% interval" in wide.sentence()
     with pytest.raises(ValueError, match="level"):

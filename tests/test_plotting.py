@@ -94,11 +94,14 @@ def test_show_feature_maps_and_reconstructions():
     assert len(p.show_feature_maps(torch.randn(2, 10, 7, 7), ncols=4).axes) == 10
     assert len(p.show_feature_maps(torch.randn(50, 7, 7)).axes) == 32
     x = torch.rand(6, 3, 16, 16)
-    fig = p.show_reconstructions(x, x * 0.5, n=4)
-    assert len(fig.axes) == 3 * 4
+    fig = p.show_reconstructions(x, x * 0.5, n=4, titles=["good", "a", "b", "c"])
+    assert len(fig.axes) == 3 * 4 + 1  # three rows of images and the error row's colour bar
+    assert fig.axes[1].get_title() == "a"
     error_shown = fig.axes[8].images[0].get_array()  # first error map
     assert np.allclose(error_shown, (x[0] * 0.5).mean(0).numpy(), atol=1e-6)
     assert len(p.show_reconstructions(x, x, n=4, errors=False).axes) == 2 * 4
+    with pytest.raises(ValueError, match="one title per image"):
+        p.show_reconstructions(x, x, n=4, titles=["good"])
 
 
 def test_show_anomaly_maps_draws_heat_maps_and_outlines():
