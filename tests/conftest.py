@@ -13,6 +13,10 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+import torch
+import torch.nn.functional as F
+
 REPO = Path(__file__).resolve().parents[1]
 """The course checkout: the folder with pyproject.toml, notebooks/, course_utils/ and tools/."""
 
@@ -41,3 +45,20 @@ def load_tool(name: str) -> ModuleType:
 def python_source(source: str) -> str:
     """A code cell's source with IPython-only lines (`!cmd`, `%magic`) replaced by `pass`."""
     return "\n".join(re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in source.splitlines())
+
+
+@pytest.fixture(scope="session")
+def backbone() -> torch.nn.Module:
+    """The bundled pretrained EfficientNet-Lite0, built once per test session."""
+    from course_utils.backbones import pretrained_backbone
+
+    return pretrained_backbone("efficientnet_lite0")
+
+
+def texture(n: int, seed: int, size: int) -> torch.Tensor:
+    """Stationary 'good' images for detector tests: smoothed noise around mid-grey, [n, 3, size, size] in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(n, 1, size // 4, size // 4, generator=g)  # [n, 1, s/4, s/4]
+    gray = F.interpolate(noise, size=size, mode="bilinear", align_corners=False)  # [n, 1, size, size]
+    images = 0.35 + 0.3 * gray.repeat(1, 3, 1, 1) + 0.02 * torch.randn(n, 3, size, size, generator=g)
+    return images.clamp(0, 1)

@@ -5,25 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import texture
 
 from course_utils import anomaly, detectors, models
-from course_utils.backbones import pretrained_backbone
 
 SIZE = 96
 
 
-@pytest.fixture(scope="module")
-def backbone() -> torch.nn.Module:
-    return pretrained_backbone("efficientnet_lite0")
-
-
 def _texture(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
-    """Stationary 'good' images: smoothed noise around mid-grey, [n, 3, size, size] in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(n, 1, size // 4, size // 4, generator=g)  # [n, 1, s/4, s/4]
-    gray = F.interpolate(noise, size=size, mode="bilinear", align_corners=False)  # [n, 1, size, size]
-    images = 0.35 + 0.3 * gray.repeat(1, 3, 1, 1) + 0.02 * torch.randn(n, 3, size, size, generator=g)
-    return images.clamp(0, 1)
+    """`conftest.texture` at this file's default size."""
+    return texture(n, seed, size)
 
 
 def _with_dot(images: torch.Tensor, row: int, col: int, half: int = 3) -> torch.Tensor:
