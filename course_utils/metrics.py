@@ -86,6 +86,15 @@ def accuracy_difference_interval(acc_a: float, acc_b: float, n_a: int, n_b: int 
     return diff - half, diff + half
 
 
+def interval_verdict(low: float, high: float) -> str:
+    """`"ahead"`, `"behind"` or `"a tie"` for an interval (low, high) of a difference a - b.
+
+    The course's one rule for calling a winner: a tie when the interval contains 0. Every
+    `compare_*` function below says its verdict through this.
+    """
+    return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
+
+
 def compare_accuracies(acc_a: float, acc_b: float, n_a: int, n_b: int | None = None,
                        level: float = 0.95) -> str:
     """`"ahead"`, `"behind"` or `"a tie"`: where `acc_a` stands against `acc_b`.
@@ -94,7 +103,7 @@ def compare_accuracies(acc_a: float, acc_b: float, n_a: int, n_b: int | None = N
     of the evaluation images; labs use this one rule wherever two accuracies are compared.
     """
     low, high = accuracy_difference_interval(acc_a, acc_b, n_a, n_b, level)
-    return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
+    return interval_verdict(low, high)
 
 
 def paired_accuracy_difference_interval(correct_a: ArrayLike, correct_b: ArrayLike,
@@ -127,7 +136,7 @@ def compare_paired_accuracies(correct_a: ArrayLike, correct_b: ArrayLike, level:
     contains 0. Use it whenever both accuracies come from the same test images.
     """
     low, high = paired_accuracy_difference_interval(correct_a, correct_b, level)
-    return "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
+    return interval_verdict(low, high)
 
 
 def confusion_matrix(preds: ArrayLike, targets: ArrayLike, n_classes: int) -> np.ndarray:
@@ -507,8 +516,7 @@ def compare_aurocs(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike, 
     """
     low, high = auroc_difference_interval(labels, scores_a, scores_b, n_boot, seed, level)
     difference = image_auroc(labels, scores_a) - image_auroc(labels, scores_b)
-    verdict = "ahead" if low > 0 else ("behind" if high < 0 else "a tie")
-    return AurocComparison(verdict, difference, low, high, level)
+    return AurocComparison(interval_verdict(low, high), difference, low, high, level)
 
 
 def _weighted_auroc(groups: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_groups: int) -> float:
