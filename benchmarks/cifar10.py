@@ -128,7 +128,7 @@ def run_fastai(data: ImageData, args) -> dict:
     As in the recipe, the first steps are timed (here in a throw-away start, counted in the budget) and
     `cu.train.epochs_for_budget` chooses the epochs; a callback ends the fit at the budget in any case.
     """
-    from fastai.callback.core import CancelFitException, CancelValidException, Callback
+    from fastai.callback.core import Callback, CancelFitException, CancelValidException
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
     from fastai.data.core import Datasets
     from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
@@ -180,7 +180,7 @@ def run_fastai(data: ImageData, args) -> dict:
     deadline = start + args.budget
     probe = Budget(deadline, probe_only=True)
     learn = learner(model, probe)
-    with learn.no_bar(), learn.no_logging():
+    with learn.no_bar(), learn.no_logging(), cu.autocast(torch.device("cpu"), args.amp is not None, args.amp):
         learn.fit(1, lr=args.lr / 25)  # a throw-away start at the one-cycle's initial lr, only to time steps
     epochs = 1  # if the budget ended during the probe
     if len(probe.clock) == 2:
@@ -188,12 +188,13 @@ def run_fastai(data: ImageData, args) -> dict:
                                             (probe.clock[1] - probe.clock[0]) / probe.probe, len(dls.train))
     model.load_state_dict(initial)
     learn = learner(model, Budget(deadline))
-    with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(epochs, lr_max=args.lr)
+    with learn.no_bar(), learn.no_logging(), cu.autocast(torch.device("cpu"), args.amp is not None, args.amp):
+        learn.fit_one_cycle(epochs, lr_max=args.lr)  # in the recipe's precision (--amp)
     seconds = time.perf_counter() - start
     acc = accuracy(learn.model, normalised(data.valid_x), data.valid_y, tta=True)
     return emit(run="fastai", model=f"SpeedRunNet{args.widths}", budget_s=args.budget, planned_epochs=epochs,
-                epochs=round(learn.train_iter / len(dls.train), 2), train_s=round(seconds, 1), valid_accuracy=round(acc, 4))
+                epochs=round(learn.train_iter / len(dls.train), 2), train_s=round(seconds, 1), amp=str(args.amp),
+                valid_accuracy=round(acc, 4))
 
 
 def main() -> None:

@@ -16,9 +16,10 @@ prints and writes checkpoints on rank 0 only. Without torchrun nothing of this h
 then takes about `len(train_loader) / world_size` steps per epoch: size one-cycle schedules with
 that (`cu.device.world_size()`).
 
-Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
-learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
-is updated every few steps; `flip_tta` evaluates with test-time flips.
+Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because it sizes
+its schedule to a time budget (it times its first steps, plans the epochs that fit with
+`epochs_for_budget`, and its learning rate also follows the clock, so training ends inside the
+budget) and an `EMA` of the weights is updated every few steps; `flip_tta` evaluates with test-time flips.
 """
 
 from __future__ import annotations
