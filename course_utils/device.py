@@ -74,11 +74,14 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The half-precision dtype worth using for training on `device`, or None for plain fp32.
 
     Ampere and newer GPUs get bfloat16 (same range as fp32, no loss scaling needed); older
-    GPUs get float16; CPUs and MPS get None, because there mixed precision rarely pays off
-    for the small networks of this course and can be slower.
+    GPUs get float16. A CPU gets bfloat16 only when it has native bfloat16 instructions
+    (`cpu_bf16_instructions`, e.g. AVX512-BF16 or AMX); without them PyTorch emulates bfloat16,
+    which is slower than fp32, so other CPUs (and MPS) get None.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16_instructions():
+        return torch.bfloat16
     return None
 
 
@@ -86,8 +89,8 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, enabled: bool = True, dtype: torch.dtype | None = None) -> Iterator[None]:
     """Run the enclosed forward pass in mixed precision where the device supports it.
 
-    `with cu.autocast(device): loss = model(x)` is a no-op on CPU by default (pass `dtype=
-    torch.bfloat16` to force it, e.g. on a CPU with native bf16), and bf16/fp16 on a GPU.
+    `with cu.autocast(device): loss = model(x)` uses `amp_dtype(device)`: bf16/fp16 on a GPU, bf16
+    on a CPU with native bf16 instructions, and nothing (fp32) on other CPUs; `dtype=` overrides it.
     """
     dtype = dtype or amp_dtype(device)
     if not enabled or dtype is None:

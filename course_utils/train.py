@@ -16,16 +16,18 @@ prints and writes checkpoints on rank 0 only. Without torchrun nothing of this h
 then takes about `len(train_loader) / world_size` steps per epoch: size one-cycle schedules with
 that (`cu.device.world_size()`).
 
-Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because its
-learning rate follows the clock (training ends inside a time budget) and an `EMA` of the weights
-is updated every few steps; `flip_tta` evaluates with test-time flips. Lab 2's `optimizer_path`
-records where a `torch.optim` optimiser takes a few parameters, to draw on a loss surface.
+Lab 4's speed run adds `train_speedrun`: the same five steps in a loop of its own, because it sizes
+its schedule to a time budget (it times its first steps, plans the epochs that fit with
+`epochs_for_budget`, and its learning rate also follows the clock, so training ends inside the
+budget) and an `EMA` of the weights is updated every few steps; `flip_tta` evaluates with test-time flips.
+Lab 2's `optimizer_path` records where a `torch.optim` optimiser takes a few parameters, to draw on a loss surface.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -436,48 +438,104 @@ def _triangle(progress: float, peak_at: float = 0.25) -> float:
     return max(0.0, (1 - progress) / (1 - peak_at))
 
 
+def epochs_for_budget(budget_s: float, elapsed_s: float, steps_done: int, seconds_per_step: float,
+                      steps_per_epoch: int, max_epochs: int | None = None, margin: float = 0.98) -> int:
+    """How many whole epochs fit into a time budget, judged from the steps timed so far (at least 1).
+
+    `elapsed_s` seconds of the `budget_s` are spent (set-up and the first `steps_done` steps); the rest,
+    less a safety `margin` (0.98: 2 % of the budget kept for a slower step now and then), buys
+    `(margin * budget_s - elapsed_s) / seconds_per_step` more steps. A faster machine gets more epochs
+    for the same budget. `max_epochs` caps the answer.
+    """
+    if seconds_per_step <= 0 or steps_per_epoch < 1:
+        raise ValueError(f"seconds_per_step must be > 0 and steps_per_epoch >= 1, "
+                         f"got {seconds_per_step} and {steps_per_epoch}.")
+    steps = steps_done + max(0.0, margin * budget_s - elapsed_s) / seconds_per_step
+    epochs = max(1, int(steps // steps_per_epoch))
+    return epochs if max_epochs is None else min(epochs, max_epochs)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that the clock measures it (no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Schedule:
+    """Training progress in [0, 1] for `train_speedrun`: steps done / planned steps, or the clock if later.
+
+    With a budget and no fixed epoch count, the first `probe` steps after `warmup` are timed and the
+    epochs that fit are planned (`epochs_for_budget`); until then the clock alone sets the progress.
+    """
+
+    def __init__(self, steps_per_epoch: int, epochs: int | None, budget_s: float | None, start: float,
+                 device: torch.device, warmup: int = 2, probe: int = 10) -> None:
+        self.steps_per_epoch, self.budget_s, self.start, self.device = steps_per_epoch, budget_s, start, device
+        self.max_epochs, self.warmup, self.probe = epochs, warmup, probe
+        self.epochs = epochs if budget_s is None else None  # None: not planned yet
+        self.probe_start = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since `start`; under torchrun the largest over the processes (one clock for all)."""
+        seconds = time.perf_counter() - self.start
+        return _device.all_reduce(seconds, device=self.device, op="max")[0]
+
+    def progress(self, step: int) -> float:
+        """Progress before optimiser step `step` (0-based); plans the epochs once the probe has run."""
+        if self.budget_s is None:
+            return step / (self.epochs * self.steps_per_epoch)
+        if self.epochs is None and step in (self.warmup, self.warmup + self.probe):
+            _sync(self.device)
+            elapsed = self.elapsed()
+            if step == self.warmup:
+                self.probe_start = elapsed
+            else:
+                self.epochs = epochs_for_budget(self.budget_s, elapsed, step, (elapsed - self.probe_start)
+                                                / self.probe, self.steps_per_epoch, self.max_epochs)
+        clock = self.elapsed() / self.budget_s
+        if self.epochs is None:
+            return clock
+        return max(step / (self.epochs * self.steps_per_epoch), clock)
+
+
 def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tensor, *,
-                   mean: tuple[float, ...], std: tuple[float, ...], epochs: int,
-                   device: torch.device, budget_s: float | None = None, batch_size: int = 256,
+                   mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                   epochs: int | None = None, budget_s: float | None = None, batch_size: int = 256,
                    lr: float = 0.2, weight_decay: float = 5e-4, label_smoothing: float = 0.2,
                    ema_decay: float = 0.5, ema_every: int = 5, flip: bool = True,
                    channels_last: bool = True, amp_dtype: torch.dtype | None = None) -> EMA:
     """The speed-run recipe: whitening init, in-memory augmentation, Nesterov SGD, label smoothing, EMA.
 
-    `images` uint8 [N, 3, H, W] and `labels` int64 [N] are the training set. The whitening layer
-    is set from the (normalised) images, then the model trains for `epochs` epochs with a
-    warm-up/linear-decay learning rate, or fewer when `budget_s` seconds run out first (the
-    schedule then follows the clock, so training always ends inside the budget). `flip=False`
-    turns off the mirror augmentation (for data where left and right matter). Returns the
-    `EMA` of the weights; evaluate it with `flip_tta`, on inputs in `channels_last` if it was used.
-    Under torchrun each process trains on every W-th image (its shard, reshuffled each epoch) with
-    `batch_size` images per step, so one step sees `batch_size * W` images; all processes return
-    the same weights.
+    `images` uint8 [N, 3, H, W] and `labels` int64 [N] are the training set. The whitening layer is
+    set from the (normalised) images, then the model trains with a warm-up/linear-decay learning rate
+    for `epochs` epochs, or, with a time budget of `budget_s` seconds (set-up included), for as many
+    epochs as fit: it times its first steps and plans the epochs from them (`epochs_for_budget`;
+    `epochs` then caps the plan). The schedule also follows the clock, so training always ends inside
+    the budget, at a learning rate of 0. `flip=False` turns off the mirror augmentation (for data
+    where left and right matter). Returns the `EMA` of the weights, with `ema.epochs` (epochs trained,
+    a float) and `ema.planned_epochs`; evaluate it with `flip_tta`, on inputs in `channels_last` if it
+    was used. Under torchrun each process trains on every W-th image with `batch_size` images per step,
+    so one step sees `batch_size * W` images; all processes return the same weights.
     """
     start = time.perf_counter()  # the budget counts the set-up too
+    if epochs is None and budget_s is None:
+        raise ValueError("train_speedrun needs epochs=..., budget_s=... (seconds), or both (epochs then caps the plan).")
     device = _device.init_distributed(device)  # under torchrun: join the group, this process's GPU
-    rank, world = _device.rank(), _device.world_size()
-    n = len(labels) // world  # every process gets n images: the same number of steps everywhere
-    loader = BatchAugmenter(images[rank::world][:n], labels[rank::world][:n], batch_size, mean, std,
-                            flip=flip, channels_last=channels_last)
-    first = BatchAugmenter(images[:5000], labels[:5000], batch_size, mean, std)  # the same on every process
-    model.init_whitening(first.images)
+    loader = _speedrun_loader(model, images, labels, mean, std, batch_size, flip, channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on CPU and GPU
     trained = model
-    if world > 1:  # one replica per process, gradients averaged in backward()
+    if _device.world_size() > 1:  # one replica per process, gradients averaged in backward()
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    ema, step, total = EMA(model, ema_decay), 0, epochs * len(loader)
+    ema, step = EMA(model, ema_decay), 0
+    schedule = _Schedule(len(loader), epochs, budget_s, start, device)
     trained.train()
-    for x, y in (batch for _ in range(epochs) for batch in loader):
-        clock = (time.perf_counter() - start) / budget_s if budget_s else 0.0
-        if budget_s and world > 1:
-            clock = _device.all_reduce(clock, device=device, op="max")[0]  # one clock for all processes
-        progress = max(step / total, clock)
+    for x, y in itertools.chain.from_iterable(itertools.repeat(loader)):  # epoch after epoch, reshuffled
+        progress = schedule.progress(step)
         if progress >= 1:
             break
         for group in optimizer.param_groups:
@@ -491,7 +549,22 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
         step += 1
         if step % ema_every == 0:
             ema.update(model)
+    ema.epochs, ema.planned_epochs = step / len(loader), schedule.epochs
     return ema
+
+
+def _speedrun_loader(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
+                     std: tuple[float, ...], batch_size: int, flip: bool, channels_last: bool) -> BatchAugmenter:
+    """Set the model's whitening layer from the first 5,000 images; return this process's augmenting loader.
+
+    Under torchrun every process gets n = N // W images (every W-th), so all take the same number of steps.
+    """
+    rank, world = _device.rank(), _device.world_size()
+    n = len(labels) // world
+    first = BatchAugmenter(images[:5000], labels[:5000], batch_size, mean, std)  # the same on every process
+    model.init_whitening(first.images)
+    return BatchAugmenter(images[rank::world][:n], labels[rank::world][:n], batch_size, mean, std,
+                          flip=flip, channels_last=channels_last)
 
 
 # --------------------------------------------------------------------------------------------

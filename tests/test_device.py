@@ -53,16 +53,23 @@ def test_asking_for_a_missing_gpu_says_what_to_do(monkeypatch):
         dev.pick_device()
 
 
-def test_amp_dtype_is_none_on_cpu_and_half_on_cuda():
+def test_amp_dtype_is_bf16_only_on_cpus_with_native_bf16_and_half_on_cuda(monkeypatch):
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: [])  # e.g. an AVX2-only CPU: bf16 is emulated
     assert dev.amp_dtype(torch.device("cpu")) is None
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    assert dev.amp_dtype(torch.device("cpu")) == torch.bfloat16
     if torch.cuda.is_available():
         assert dev.amp_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
 
 
-def test_autocast_is_a_noop_on_cpu_unless_asked():
+def test_autocast_on_cpu_follows_the_cpus_bf16_support_unless_told(monkeypatch):
     a, b = torch.randn(8, 8), torch.randn(8, 8)
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: [])
     with cu.autocast(torch.device("cpu")):
         assert (a @ b).dtype == torch.float32
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ["amx_bf16"])
+    with cu.autocast(torch.device("cpu")):
+        assert (a @ b).dtype == torch.bfloat16
     with cu.autocast(torch.device("cpu"), dtype=torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
     with cu.autocast(torch.device("cpu"), enabled=False, dtype=torch.bfloat16):

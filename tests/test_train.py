@@ -9,10 +9,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_utils import metrics
+from course_utils import train as train_module
 from course_utils.models import BetterNet, SpeedRunNet
 from course_utils.train import (
     EMA,
     History,
+    epochs_for_budget,
     evaluate,
     fit,
     flip_tta,
@@ -169,6 +171,71 @@ def test_train_speedrun_learns_and_keeps_its_time_budget():
     train_speedrun(SpeedRunNet((8, 16, 16)), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3,
                    epochs=10_000, budget_s=1.0, device=torch.device("cpu"), batch_size=32)
     assert time.perf_counter() - start < 3.0  # the clock ends training, not the epoch count
+
+
+def test_epochs_for_budget_gives_a_faster_machine_more_epochs():
+    # 10 steps in 10 s of a 100 s budget, 100 steps per epoch: 98 s usable (2 % margin), 88 s left
+    assert epochs_for_budget(100, 10, 10, seconds_per_step=0.1, steps_per_epoch=100) == 8  # 10 + 880 steps
+    assert epochs_for_budget(100, 10, 10, seconds_per_step=0.05, steps_per_epoch=100) == 17  # 10 + 1760 steps
+    assert epochs_for_budget(100, 10, 10, seconds_per_step=0.05, steps_per_epoch=100, max_epochs=12) == 12
+    assert epochs_for_budget(100, 99, 10, seconds_per_step=1.0, steps_per_epoch=100) == 1  # at least one epoch
+    with pytest.raises(ValueError, match="seconds_per_step"):
+        epochs_for_budget(100, 10, 10, seconds_per_step=0, steps_per_epoch=100)
+
+
+class FakeClock:
+    """Stands in for the `time` module inside course_utils.train: its `perf_counter` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class TickingNet(nn.Module):
+    """A stand-in for SpeedRunNet whose every training step takes `step_s` seconds of a `FakeClock`.
+
+    So the test does not depend on the speed (or the load) of the CPU it runs on. Images [B, 3, 4, 4]
+    -> logits [B, 2] from the channel means; `init_whitening` does nothing.
+    """
+
+    def __init__(self, step_s: float, clock: FakeClock) -> None:
+        super().__init__()
+        self.linear, self.step_s, self.clock = nn.Linear(3, 2), step_s, clock
+
+    def init_whitening(self, images: torch.Tensor) -> "TickingNet":
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += self.step_s
+        return self.linear(x.mean(dim=(2, 3)))  # [B, 3] -> [B, 2]
+
+
+def ticking_run(monkeypatch, step_s: float, budget_s: float | None, epochs: int | None = None) -> tuple[EMA, float]:
+    """train_speedrun on 64 tiny images in batches of 8 (8 steps per epoch) on a fake clock; returns (EMA, fake seconds)."""
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "time", clock)
+    images, labels = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8), torch.arange(64) % 2
+    ema = train_speedrun(TickingNet(step_s, clock), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3, epochs=epochs,
+                         budget_s=budget_s, device=CPU, batch_size=8, channels_last=False)
+    return ema, clock.now
+
+
+def test_train_speedrun_plans_its_epochs_from_timed_steps_and_ends_inside_the_budget(monkeypatch):
+    fast, fast_s = ticking_run(monkeypatch, step_s=0.02, budget_s=3.0)  # 0.16 s per epoch
+    slow, slow_s = ticking_run(monkeypatch, step_s=0.06, budget_s=3.0)  # 0.48 s per epoch: 3x slower
+    assert fast.planned_epochs == 18 and slow.planned_epochs == 6  # whole epochs in 98 % of 3 s: 2.94 / 0.16, 2.94 / 0.48
+    assert fast.epochs == 18 and slow.epochs == 6  # the plan was kept, inside the budget
+    assert fast_s <= 3.0 and slow_s <= 3.0
+    capped, capped_s = ticking_run(monkeypatch, step_s=0.02, budget_s=3.0, epochs=3)
+    assert capped.planned_epochs == 3 and capped.epochs == 3 and capped_s < 0.5  # epochs= caps the plan
+    late, late_s = ticking_run(monkeypatch, step_s=0.5, budget_s=3.0)  # the budget ends before the steps are timed
+    assert late.planned_epochs is None and late_s == pytest.approx(3.0)  # the clock alone ended it: 6 steps
+    fixed, _ = ticking_run(monkeypatch, step_s=0.0, budget_s=None, epochs=2)
+    assert fixed.planned_epochs == 2 and fixed.epochs == 2
+    with pytest.raises(ValueError, match="budget_s"):
+        ticking_run(monkeypatch, step_s=0.0, budget_s=None, epochs=None)
 
 
 class SlowMLP(nn.Module):
