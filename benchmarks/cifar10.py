@@ -10,10 +10,15 @@ fixed seed. In one run it measures:
 - `recipe`: the course's best small network (`SpeedRunNet` + `train_speedrun`) within `--budget`
             seconds, once per seed (`--seeds`): validation accuracy (flip TTA, EMA weights), seconds
             and the epochs the recipe planned from its first timed steps (a faster CPU trains longer);
-- `fastai`: the same network with fastai's `Learner.fit_one_cycle` under the same budget rule: a few
-            timed steps choose the epochs (`cu.train.epochs_for_budget`), a callback stops at the budget.
+- `fastai`: the same network with fastai's `Learner.fit_one_cycle` under the same budget rule: a timed
+            throw-away epoch chooses the epochs (`cu.train.epochs_for_budget`), a callback stops at the budget.
 One JSON line per run, then a summary line: the median and the spread (min-max) over the seeds, and
 the targets, which apply to the medians (every run must also end within its budget).
+
+To see what a CPU without AVX512 does, restrict PyTorch's and oneDNN's kernels to AVX2 and train in
+fp32 (what `--amp auto` picks on a CPU without native bf16; the flag itself cannot be hidden):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cifar10.py --data ... --amp none
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -125,8 +131,9 @@ def run_recipe(data: ImageData, args, seed: int) -> dict:
 def run_fastai(data: ImageData, args) -> dict:
     """The same network with fastai (DataLoaders from tensors, fit_one_cycle, label smoothing) in the same budget.
 
-    As in the recipe, the first steps are timed (here in a throw-away start, counted in the budget) and
-    `cu.train.epochs_for_budget` chooses the epochs; a callback ends the fit at the budget in any case.
+    As in the recipe, steps are timed first (here the steps of a throw-away first epoch, counted in the
+    budget) and `cu.train.epochs_for_budget` chooses the epochs; a callback ends the fit at the budget in
+    any case. In bf16 (`--amp`) a callback autocasts the forward pass and the loss, as the recipe does.
     """
     from fastai.callback.core import Callback, CancelFitException, CancelValidException
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
@@ -154,6 +161,21 @@ def run_fastai(data: ImageData, args) -> dict:
             x = self.learn.xb[0].as_subclass(torch.Tensor)  # [B, 3, 32, 32]
             self.learn.xb = (x.contiguous(memory_format=torch.channels_last),)
 
+    class CpuAutocast(Callback):
+        """Forward pass and loss in `dtype` on the CPU (fastai's MixedPrecision callback autocasts on CUDA only)."""
+
+        def __init__(self, dtype: torch.dtype) -> None:
+            self.autocast = torch.autocast("cpu", dtype=dtype)
+
+        def before_batch(self) -> None:
+            self.autocast.__enter__()
+
+        def after_pred(self) -> None:
+            self.learn.pred = self.learn.pred.float()
+
+        def after_loss(self) -> None:
+            self.autocast.__exit__(None, None, None)
+
     class Budget(Callback):
         """Time steps `warmup`..`warmup + probe` (then stop the fit if `probe_only`); stop at `deadline`; skip validation."""
 
@@ -170,7 +192,9 @@ def run_fastai(data: ImageData, args) -> dict:
             raise CancelValidException()  # the recipe does not validate during training either
 
     def learner(model: nn.Module, budget: Budget) -> Learner:
-        return Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=0.2), cbs=[PlainChannelsLast(), budget],
+        precision = [CpuAutocast(args.amp)] if args.amp is not None else []  # the recipe's precision (--amp)
+        return Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=0.2),
+                       cbs=[PlainChannelsLast(), budget, *precision],
                        opt_func=lambda params, lr: SGD(params, lr, mom=0.9, wd=5e-4))
 
     model = models.SpeedRunNet(args.widths).init_whitening(normalised(data.train_x[:5000]))
@@ -178,9 +202,9 @@ def run_fastai(data: ImageData, args) -> dict:
     initial = copy.deepcopy(model.state_dict())
     start = time.perf_counter()  # the timed probe counts against the budget
     deadline = start + args.budget
-    probe = Budget(deadline, probe_only=True)
+    probe = Budget(deadline, probe_only=True, probe=len(dls.train) - 3)  # time steps 2 .. the epoch's last
     learn = learner(model, probe)
-    with learn.no_bar(), learn.no_logging(), cu.autocast(torch.device("cpu"), args.amp is not None, args.amp):
+    with learn.no_bar(), learn.no_logging():
         learn.fit(1, lr=args.lr / 25)  # a throw-away start at the one-cycle's initial lr, only to time steps
     epochs = 1  # if the budget ended during the probe
     if len(probe.clock) == 2:
@@ -188,8 +212,8 @@ def run_fastai(data: ImageData, args) -> dict:
                                             (probe.clock[1] - probe.clock[0]) / probe.probe, len(dls.train))
     model.load_state_dict(initial)
     learn = learner(model, Budget(deadline))
-    with learn.no_bar(), learn.no_logging(), cu.autocast(torch.device("cpu"), args.amp is not None, args.amp):
-        learn.fit_one_cycle(epochs, lr_max=args.lr)  # in the recipe's precision (--amp)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr_max=args.lr)
     seconds = time.perf_counter() - start
     acc = accuracy(learn.model, normalised(data.valid_x), data.valid_y, tta=True)
     return emit(run="fastai", model=f"SpeedRunNet{args.widths}", budget_s=args.budget, planned_epochs=epochs,
@@ -216,15 +240,17 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"],
                         help="auto: cu.device.amp_dtype (bf16 on CPUs with native bf16 instructions, else fp32)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-valid", type=int, default=2000, help="validation images split off the data (seed 0)")
     args = parser.parse_args()
     args.widths = tuple(int(w) for w in args.widths.split(","))
     args.amp = {"auto": cu.device.amp_dtype(torch.device("cpu")), "bf16": torch.bfloat16, "none": None}[args.amp]
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_cifar10(args.data, n_valid=2000, seed=0)
+    data = load_cifar10(args.data, n_valid=args.n_valid, seed=0)
     emit(run="setup", data=str(args.data), train=len(data.train_y), valid=len(data.valid_y),
-         threads=torch.get_num_threads(), torch=torch.__version__, cpu=torch.backends.cpu.get_cpu_capability(),
-         cpu_bf16=cu.device.cpu_bf16_instructions())
+         threads=torch.get_num_threads(), torch=torch.__version__, cpu_model=cpu_model(),
+         cpu=torch.backends.cpu.get_cpu_capability(), cpu_bf16=cu.device.cpu_bf16_instructions(), amp=str(args.amp),
+         **{name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ})
     only = args.only.split(",")
     results = {name: [run(data, args)] for name, run in (("loop", run_loop), ("net", run_net)) if name in only}
     if "recipe" in only:
@@ -232,6 +258,15 @@ def main() -> None:
     if "fastai" in only:
         results["fastai"] = [run_fastai(data, args)]
     emit(**summarise(results, args))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def spread(rows: list[dict], key: str) -> dict:

@@ -539,13 +539,15 @@ def reweighted_scores(patches: torch.Tensor, distances: torch.Tensor, nearest: t
     s = (1 - softmax(d)[0]) * s*, with d the patch's distances to m* and to m*'s
     k - 1 = `num_neighbors` - 1 nearest neighbours in the bank.
     """
-    rows = torch.arange(len(patches), device=patches.device)
-    worst = distances.argmax(dim=1)  # [N]
-    s_star = distances[rows, worst]  # [N]
-    if num_neighbors <= 1:
+    worst = distances.argmax(dim=1, keepdim=True)  # [N, 1]: each image's worst patch
+    s_star = distances.gather(1, worst)[:, 0]  # [N]
+    k = min(num_neighbors, len(bank))
+    if k <= 1:
         return s_star
-    _, support = nearest_neighbours(bank[nearest[rows, worst]], bank, min(num_neighbors, len(bank)))  # [N, k], m* first
-    to_support = (patches[rows, worst][:, None] - bank[support]).norm(dim=-1)  # [N, k]
+    m_star = nearest.gather(1, worst)[:, 0]  # [N]: the worst patch's nearest bank entry
+    _, support = nearest_neighbours(bank[m_star], bank, k, backend="torch")  # [N, k], m* first
+    worst_patch = patches.gather(1, worst[:, :, None].expand(-1, 1, patches.shape[-1]))  # [N, 1, D]
+    to_support = (worst_patch - bank[support]).norm(dim=-1)  # [N, k]
     return (1 - to_support.softmax(dim=1)[:, 0]) * s_star  # [N]
 
 

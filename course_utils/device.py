@@ -10,6 +10,7 @@ It is also the one place that reads the course's environment variables (`COURSE_
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import time
@@ -92,8 +93,8 @@ def autocast(device: torch.device, enabled: bool = True, dtype: torch.dtype | No
     `with cu.autocast(device): loss = model(x)` uses `amp_dtype(device)`: bf16/fp16 on a GPU, bf16
     on a CPU with native bf16 instructions, and nothing (fp32) on other CPUs; `dtype=` overrides it.
     """
-    dtype = dtype or amp_dtype(device)
-    if not enabled or dtype is None:
+    dtype = (dtype or amp_dtype(device)) if enabled else None
+    if dtype is None:
         yield
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
@@ -115,19 +116,20 @@ def cuda_summary() -> str:
     return "no GPU found (this PyTorch build is CPU-only)"
 
 
-def cpu_bf16_instructions() -> list[str]:
-    """The CPU's instruction-set flags for native bfloat16 arithmetic, e.g. `['amx_bf16', 'avx512_bf16']`.
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_instructions() -> tuple[str, ...]:
+    """The CPU's instruction-set flags for native bfloat16 arithmetic, e.g. `('amx_bf16', 'avx512_bf16')`.
 
     CPUs with these (Intel AMX or AVX512-BF16, ARM's BF16 extension, shown as `bf16`) multiply
     bfloat16 matrices in hardware; without them PyTorch emulates bfloat16 by converting to float32
-    and back, which is slower. Read from `/proc/cpuinfo` (Linux); elsewhere the list is empty.
+    and back, which is slower. Read once from `/proc/cpuinfo` (Linux); elsewhere the tuple is empty.
     """
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             flags = {word for line in cpuinfo if line.startswith(("flags", "Features")) for word in line.split()}
     except OSError:
-        return []
-    return sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+        return ()
+    return tuple(sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"}))
 
 
 @contextlib.contextmanager

@@ -42,9 +42,9 @@ def _require(package: str) -> None:
 class PredictGraph(nn.Module):
     """A fitted PatchCore or PaDiM as a plain module: images [B, 3, H, W] -> (scores [B], maps [B, H, W]).
 
-    The same steps and the same fitted buffers as the detector's `predict`, written without the
-    batching loops (`run_in_batches`, chunked nearest neighbours) so that tracing records one
-    static graph. The unit tests check that both give the same maps.
+    The same steps, functions and fitted buffers as the detector's `predict`, without its batching
+    loop (`run_in_batches`) and with the brute-force nearest-neighbour search (not faiss), so that
+    tracing records one static graph. The unit tests check that both give the same maps.
     """
 
     def __init__(self, detector: nn.Module) -> None:
@@ -73,18 +73,9 @@ class PredictGraph(nn.Module):
         features = det._scaled(det.embedder(images))  # [B, D, h, w]
         b, d, h, w = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(b, h * w, d)  # [B, P, D]
-        squared, nearest = anomaly.squared_distances(patches.reshape(b * h * w, d), bank).min(dim=1)  # [B*P] each
-        distances, nearest = squared.sqrt().view(b, h * w), nearest.view(b, h * w)  # [B, P]
-        worst = distances.argmax(dim=1, keepdim=True)  # [B, 1]
-        s_star = distances.gather(1, worst)[:, 0]  # [B]: the worst patch's distance
-        scores = s_star
-        k = min(det.num_neighbors, len(bank))
-        if k > 1:  # re-weighting, as anomaly.reweighted_scores
-            m_star = nearest.gather(1, worst)[:, 0]  # [B]: its nearest bank entry
-            support = anomaly.squared_distances(bank[m_star], bank).topk(k, dim=1, largest=False).indices  # [B, k]
-            worst_patch = patches.gather(1, worst[:, :, None].expand(b, 1, d))  # [B, 1, D]
-            to_support = (worst_patch - bank[support]).norm(dim=-1)  # [B, k]
-            scores = (1 - to_support.softmax(dim=1)[:, 0]) * s_star  # [B]
+        distances, nearest = anomaly.nearest_neighbours(patches.reshape(b * h * w, d), bank, backend="torch")  # [B*P, 1]
+        distances, nearest = distances.view(b, h * w), nearest.view(b, h * w)  # [B, P] each
+        scores = anomaly.reweighted_scores(patches, distances, nearest, bank, det.num_neighbors)  # [B]
         return scores, det._to_image_maps(distances.view(b, h, w), images.shape[-2:])  # [B], [B, H, W]
 
 

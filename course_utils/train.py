@@ -94,7 +94,7 @@ def _to(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _amp(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Mixed precision in `amp_dtype` (bf16/fp16), or plain fp32 when `amp_dtype` is None."""
-    return autocast(device, enabled=amp_dtype is not None, dtype=amp_dtype)
+    return contextlib.nullcontext() if amp_dtype is None else autocast(device, dtype=amp_dtype)
 
 
 def _time_is_up(deadline: float | None, device: torch.device) -> bool:
@@ -151,7 +151,7 @@ def _train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opti
             scaler.update()
         if scheduler is not None:
             scheduler.step()
-        total += loss.detach() * len(inputs)
+        total.add_(loss.detach(), alpha=len(inputs))
         count += len(inputs)
         steps += 1
     total, count = _device.all_reduce(total.item(), count, device=device)
@@ -464,16 +464,19 @@ def _sync(device: torch.device) -> None:
 class _Schedule:
     """Training progress in [0, 1] for `train_speedrun`: steps done / planned steps, or the clock if later.
 
-    With a budget and no fixed epoch count, the first `probe` steps after `warmup` are timed and the
-    epochs that fit are planned (`epochs_for_budget`); until then the clock alone sets the progress.
+    With a budget, the epochs that fit are planned twice (`epochs_for_budget`): from the `probe` steps
+    after `warmup`, then again from the steps up to the end of the first epoch (at least `probe` more),
+    because a run's first steps are often slower than the rest. Until the first plan the clock alone
+    sets the progress.
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int | None, budget_s: float | None, start: float,
                  device: torch.device, warmup: int = 2, probe: int = 10) -> None:
         self.steps_per_epoch, self.budget_s, self.start, self.device = steps_per_epoch, budget_s, start, device
-        self.max_epochs, self.warmup, self.probe = epochs, warmup, probe
+        self.max_epochs = epochs
         self.epochs = epochs if budget_s is None else None  # None: not planned yet
-        self.probe_start = 0.0
+        self.checkpoints = (warmup, warmup + probe, max(steps_per_epoch, warmup + 2 * probe))  # steps to time
+        self.times: list[float] = []  # elapsed seconds at the checkpoints reached so far
 
     def elapsed(self) -> float:
         """Seconds since `start`; under torchrun the largest over the processes (one clock for all)."""
@@ -481,17 +484,16 @@ class _Schedule:
         return _device.all_reduce(seconds, device=self.device, op="max")[0]
 
     def progress(self, step: int) -> float:
-        """Progress before optimiser step `step` (0-based); plans the epochs once the probe has run."""
+        """Progress before optimiser step `step` (0-based); plans the epochs at the timing checkpoints."""
         if self.budget_s is None:
             return step / (self.epochs * self.steps_per_epoch)
-        if self.epochs is None and step in (self.warmup, self.warmup + self.probe):
+        if len(self.times) < len(self.checkpoints) and step == self.checkpoints[len(self.times)]:
             _sync(self.device)
-            elapsed = self.elapsed()
-            if step == self.warmup:
-                self.probe_start = elapsed
-            else:
-                self.epochs = epochs_for_budget(self.budget_s, elapsed, step, (elapsed - self.probe_start)
-                                                / self.probe, self.steps_per_epoch, self.max_epochs)
+            self.times.append(self.elapsed())
+            if len(self.times) >= 2:  # seconds per step between the last two checkpoints
+                per_step = (self.times[-1] - self.times[-2]) / (step - self.checkpoints[len(self.times) - 2])
+                self.epochs = epochs_for_budget(self.budget_s, self.times[-1], step, per_step,
+                                                self.steps_per_epoch, self.max_epochs)
         clock = self.elapsed() / self.budget_s
         if self.epochs is None:
             return clock
@@ -509,8 +511,8 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
     `images` uint8 [N, 3, H, W] and `labels` int64 [N] are the training set. The whitening layer is
     set from the (normalised) images, then the model trains with a warm-up/linear-decay learning rate
     for `epochs` epochs, or, with a time budget of `budget_s` seconds (set-up included), for as many
-    epochs as fit: it times its first steps and plans the epochs from them (`epochs_for_budget`;
-    `epochs` then caps the plan). The schedule also follows the clock, so training always ends inside
+    epochs as fit: it times its first steps and plans the epochs from them, then plans again from the
+    rest of the first epoch (`epochs_for_budget`; `epochs` then caps the plan). The schedule also follows the clock, so training always ends inside
     the budget, at a learning rate of 0. `flip=False` turns off the mirror augmentation (for data
     where left and right matter). Returns the `EMA` of the weights, with `ema.epochs` (epochs trained,
     a float) and `ema.planned_epochs`; evaluate it with `flip_tta`, on inputs in `channels_last` if it

@@ -54,9 +54,9 @@ def test_asking_for_a_missing_gpu_says_what_to_do(monkeypatch):
 
 
 def test_amp_dtype_is_bf16_only_on_cpus_with_native_bf16_and_half_on_cuda(monkeypatch):
-    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: [])  # e.g. an AVX2-only CPU: bf16 is emulated
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ())  # e.g. an AVX2-only CPU: bf16 is emulated
     assert dev.amp_dtype(torch.device("cpu")) is None
-    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
     assert dev.amp_dtype(torch.device("cpu")) == torch.bfloat16
     if torch.cuda.is_available():
         assert dev.amp_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
@@ -64,10 +64,10 @@ def test_amp_dtype_is_bf16_only_on_cpus_with_native_bf16_and_half_on_cuda(monkey
 
 def test_autocast_on_cpu_follows_the_cpus_bf16_support_unless_told(monkeypatch):
     a, b = torch.randn(8, 8), torch.randn(8, 8)
-    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: [])
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ())
     with cu.autocast(torch.device("cpu")):
         assert (a @ b).dtype == torch.float32
-    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ["amx_bf16"])
+    monkeypatch.setattr(dev, "cpu_bf16_instructions", lambda: ("amx_bf16",))
     with cu.autocast(torch.device("cpu")):
         assert (a @ b).dtype == torch.bfloat16
     with cu.autocast(torch.device("cpu"), dtype=torch.bfloat16):
@@ -125,9 +125,13 @@ def test_cpu_bf16_instructions_reads_the_flags(monkeypatch, tmp_path):
     cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-    assert dev.cpu_bf16_instructions() == ["amx_bf16", "avx512_bf16"]
+    dev.cpu_bf16_instructions.cache_clear()
+    assert dev.cpu_bf16_instructions() == ("amx_bf16", "avx512_bf16")
     cpuinfo.write_text("flags: fpu sse2 avx2\n")
-    assert dev.cpu_bf16_instructions() == []
+    assert dev.cpu_bf16_instructions() == ("amx_bf16", "avx512_bf16")  # read once: a training step must not read files
+    dev.cpu_bf16_instructions.cache_clear()
+    assert dev.cpu_bf16_instructions() == ()
+    dev.cpu_bf16_instructions.cache_clear()  # the next caller reads the real /proc/cpuinfo
 
 
 def test_torch_threads_sets_and_restores_the_thread_count():

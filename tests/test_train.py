@@ -200,25 +200,27 @@ class TickingNet(nn.Module):
     -> logits [B, 2] from the channel means; `init_whitening` does nothing.
     """
 
-    def __init__(self, step_s: float, clock: FakeClock) -> None:
+    def __init__(self, step_s: float, clock: FakeClock, slow_steps: int = 0) -> None:
         super().__init__()
-        self.linear, self.step_s, self.clock = nn.Linear(3, 2), step_s, clock
+        self.linear, self.step_s, self.clock, self.slow_steps = nn.Linear(3, 2), step_s, clock, slow_steps
 
     def init_whitening(self, images: torch.Tensor) -> "TickingNet":
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.clock.now += self.step_s
+        self.clock.now += self.step_s * (2 if self.slow_steps > 0 else 1)  # the first `slow_steps` take twice as long
+        self.slow_steps -= 1
         return self.linear(x.mean(dim=(2, 3)))  # [B, 3] -> [B, 2]
 
 
-def ticking_run(monkeypatch, step_s: float, budget_s: float | None, epochs: int | None = None) -> tuple[EMA, float]:
-    """train_speedrun on 64 tiny images in batches of 8 (8 steps per epoch) on a fake clock; returns (EMA, fake seconds)."""
+def ticking_run(monkeypatch, step_s: float, budget_s: float | None, epochs: int | None = None,
+                slow_steps: int = 0, n: int = 64) -> tuple[EMA, float]:
+    """train_speedrun on `n` tiny images in batches of 8 (n / 8 steps per epoch) on a fake clock; returns (EMA, fake seconds)."""
     clock = FakeClock()
     monkeypatch.setattr(train_module, "time", clock)
-    images, labels = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8), torch.arange(64) % 2
-    ema = train_speedrun(TickingNet(step_s, clock), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3, epochs=epochs,
-                         budget_s=budget_s, device=CPU, batch_size=8, channels_last=False)
+    images, labels = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.arange(n) % 2
+    ema = train_speedrun(TickingNet(step_s, clock, slow_steps), images, labels, mean=(0.5,) * 3, std=(0.25,) * 3,
+                         epochs=epochs, budget_s=budget_s, device=CPU, batch_size=8, channels_last=False)
     return ema, clock.now
 
 
@@ -236,6 +238,14 @@ def test_train_speedrun_plans_its_epochs_from_timed_steps_and_ends_inside_the_bu
     assert fixed.planned_epochs == 2 and fixed.epochs == 2
     with pytest.raises(ValueError, match="budget_s"):
         ticking_run(monkeypatch, step_s=0.0, budget_s=None, epochs=None)
+
+
+def test_train_speedrun_plans_again_after_its_slow_first_steps(monkeypatch):
+    # 40 steps per epoch; the first 12 steps take 0.04 s, the rest 0.02 s; budget 10 s
+    ema, seconds = ticking_run(monkeypatch, step_s=0.02, budget_s=10.0, slow_steps=12, n=320)
+    # first plan from steps 2-12 (0.04 s each): (9.8 - 0.48) / 0.04 + 12 = 245 steps -> 6 epochs;
+    # second plan from steps 12-40 (0.02 s each): (9.8 - 1.04) / 0.02 + 40 = 478 steps -> 11 epochs
+    assert ema.planned_epochs == 11 and ema.epochs == 11 and seconds <= 10.0
 
 
 class SlowMLP(nn.Module):
