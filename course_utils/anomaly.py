@@ -391,7 +391,8 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, ch
     if backend == "faiss" or (backend == "auto" and large and faiss_available()):
         return _faiss_search(queries, bank, k)
     chunk_size = chunk_size or max(256, 2**24 // max(1, len(bank)))
-    found = [squared_distances(q, bank).topk(k, dim=1, largest=False) for q in queries.split(chunk_size)]
+    chunks = queries.split(chunk_size) if len(queries) > chunk_size else (queries,)  # one chunk: a plain graph for ONNX
+    found = [squared_distances(q, bank).topk(k, dim=1, largest=False) for q in chunks]
     distances = torch.cat([f.values for f in found]).sqrt_()  # [Q, k]
     return distances, torch.cat([f.indices for f in found])  # [Q, k], [Q, k]
 
