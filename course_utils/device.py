@@ -192,7 +192,8 @@ def speed_verdict(times: np.ndarray, baseline: np.ndarray) -> str:
 
 
 def device_report(device: torch.device) -> str:
-    """One line that says where the lab runs: device, its name, torch version, threads, AMP dtype."""
+    """One line that says where the lab runs: device, its name, torch version, threads, and the mixed
+    precision available there (what `amp_dtype` picks; training uses it only where a lab passes it)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(index)
@@ -203,11 +204,11 @@ def device_report(device: torch.device) -> str:
     else:
         name = f"{os.cpu_count()} CPU cores"
     dtype = amp_dtype(device)
-    amp = str(dtype).replace("torch.", "") if dtype else "none (fp32)"
+    amp = str(dtype).replace("torch.", "") if dtype else "none (fp32 only)"
     mode = "fast mode (COURSE_FAST=1)" if FAST else "full mode"
     return (
         f"device: {device} ({name}) | torch {torch.__version__} | "
-        f"threads: {torch.get_num_threads()} | mixed precision: {amp} | {mode}"
+        f"threads: {torch.get_num_threads()} | mixed precision available: {amp} | {mode}"
     )
 
 

@@ -97,6 +97,23 @@ def _amp(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.Abst
     return contextlib.nullcontext() if amp_dtype is None else autocast(device, dtype=amp_dtype)
 
 
+def _grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """A `GradScaler` for fp16 on a GPU (small gradients would underflow to zero without it), else None."""
+    return torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+
+
+def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler | None) -> None:
+    """Backward pass and optimiser step; with a `scaler` (fp16) the loss is scaled first and unscaled before the step."""
+    if scaler is None:
+        loss.backward()  # under DDP: the gradients are averaged over the processes here
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped if the scaled gradients overflowed
+        scaler.update()
+
+
 def _time_is_up(deadline: float | None, device: torch.device) -> bool:
     """True once `time.perf_counter()` passed `deadline`; under torchrun, once it did on any process.
 
@@ -142,13 +159,7 @@ def _train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opti
         with _amp(device, amp_dtype):
             loss = loss_fn(model(inputs), targets)  # [] mean over the batch
         optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()  # under DDP: the gradients are averaged over the processes here
-            optimizer.step()
-        else:  # fp16: scale the loss so small gradients do not underflow to zero
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        _backward_and_step(loss, optimizer, scaler)
         if scheduler is not None:
             scheduler.step()
         total.add_(loss.detach(), alpha=len(inputs))
@@ -335,8 +346,7 @@ def fit(model: nn.Module, train_loader: Iterable, valid_loader: Iterable | None 
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    scaler = _grad_scaler(amp_dtype, device)
     trained, train_loader, valid_loader = _distribute(model, train_loader, valid_loader, device)
     history, best, waited = History(metrics={name: [] for name in metrics or {}}), None, 0
 
@@ -514,7 +524,8 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
     epochs as fit: it times its first steps and plans the epochs from them, then plans again from the
     rest of the first epoch (`epochs_for_budget`; `epochs` then caps the plan). The schedule also follows the clock, so training always ends inside
     the budget, at a learning rate of 0. `flip=False` turns off the mirror augmentation (for data
-    where left and right matter). Returns the `EMA` of the weights, with `ema.epochs` (epochs trained,
+    where left and right matter). `amp_dtype` float16 on a GPU gets loss scaling (a `GradScaler`), as
+    in `fit`. Returns the `EMA` of the weights, with `ema.epochs` (epochs trained,
     a float) and `ema.planned_epochs`; evaluate it with `flip_tta`, on inputs in `channels_last` if it
     was used. Under torchrun each process trains on every W-th image with `batch_size` images per step,
     so one step sees `batch_size * W` images; all processes return the same weights.
@@ -533,7 +544,7 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    ema, step = EMA(model, ema_decay), 0
+    ema, step, scaler = EMA(model, ema_decay), 0, _grad_scaler(amp_dtype, device)
     schedule = _Schedule(len(loader), epochs, budget_s, start, device)
     trained.train()
     for x, y in itertools.chain.from_iterable(itertools.repeat(loader)):  # epoch after epoch, reshuffled
@@ -546,8 +557,7 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
         with _amp(device, amp_dtype):
             loss = loss_fn(trained(x), y)  # [] mean over the batch
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _backward_and_step(loss, optimizer, scaler)
         step += 1
         if step % ema_every == 0:
             ema.update(model)

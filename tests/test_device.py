@@ -20,7 +20,7 @@ def test_setup_prints_one_device_line_and_returns_device(capsys):
     assert line.startswith(f"device: {device}")
     assert f"torch {torch.__version__}" in line
     assert f"threads: {torch.get_num_threads()}" in line
-    assert "mixed precision:" in line
+    assert "mixed precision available:" in line
 
 
 def test_setup_seeds_python_numpy_and_torch():
