@@ -522,13 +522,14 @@ def train_speedrun(model: SpeedRunNet, images: torch.Tensor, labels: torch.Tenso
     set from the (normalised) images, then the model trains with a warm-up/linear-decay learning rate
     for `epochs` epochs, or, with a time budget of `budget_s` seconds (set-up included), for as many
     epochs as fit: it times its first steps and plans the epochs from them, then plans again from the
-    rest of the first epoch (`epochs_for_budget`; `epochs` then caps the plan). The schedule also follows the clock, so training always ends inside
-    the budget, at a learning rate of 0. `flip=False` turns off the mirror augmentation (for data
-    where left and right matter). `amp_dtype` float16 on a GPU gets loss scaling (a `GradScaler`), as
-    in `fit`. Returns the `EMA` of the weights, with `ema.epochs` (epochs trained,
-    a float) and `ema.planned_epochs`; evaluate it with `flip_tta`, on inputs in `channels_last` if it
-    was used. Under torchrun each process trains on every W-th image with `batch_size` images per step,
-    so one step sees `batch_size * W` images; all processes return the same weights.
+    rest of the first epoch (`epochs_for_budget`; `epochs` then caps the plan). The schedule also
+    follows the clock, so training always ends inside the budget, at a learning rate of 0.
+    `flip=False` turns off the mirror augmentation (for data where left and right matter).
+    `amp_dtype` float16 on a GPU gets loss scaling (a `GradScaler`), as in `fit`. Returns the `EMA`
+    of the weights, with `ema.epochs` (epochs trained, a float) and `ema.planned_epochs`; evaluate
+    it with `flip_tta`, on inputs in `channels_last` if it was used. Under torchrun each process
+    trains on every W-th image with `batch_size` images per step, so one step sees `batch_size * W`
+    images; all processes return the same weights.
     """
     start = time.perf_counter()  # the budget counts the set-up too
     if epochs is None and budget_s is None:
