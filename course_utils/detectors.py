@@ -8,7 +8,7 @@ detector (it records `fit_seconds`, and `history` where something is trained); `
 returns a `Prediction(scores [M], maps [M, H, W])` on the CPU, maps at the images' size and
 smoothed. Both read the images a batch at a time (float or uint8 tensors, lists of images,
 Datasets, `AnomalyData`), so memory does not grow with the number of images; `image_size=` and
-`resize=` ("pad", "crop", "stretch") let the feature detectors take images of any size and
+`resize=` ("pad", "crop", "stretch") let every detector take images of any size and
 shape and give each map back at its image's own size (a list when the sizes differ).
 Everything `fit` learns is a registered buffer or parameter, so `state_dict()` saves a
 fitted detector and `load_state_dict` into a fresh one with the same arguments predicts the same.
@@ -289,8 +289,9 @@ class ReconstructionDetector(Detector):
     1e-4 makes the two terms about equal on the first batch, lab 6 section 4), or a callable
     (recon, x) -> scalar. `error` scores it: "mse", "ssim" (1 - SSIM), "l1", "feature" (the
     feature loss's per-pixel map) or a callable (images, recons) -> [N, H, W]. `image_size`
-    (None = the images' size) resizes images before the autoencoder; `sigma` is then in pixels
-    of that size. fit: `seed_everything(seed)`, build the default model, shuffled batches of
+    (None = the images' own size) and `resize` ("pad", "crop" or "stretch") bring every image to
+    the autoencoder's working size, as in the feature detectors, so images of several sizes work;
+    `sigma` is then in pixels of that size, and each map comes back at its image's own size. fit: `seed_everything(seed)`, build the default model, shuffled batches of
     `batch_size`, Adam(`lr`), `epochs` epochs of `cu.train.fit`; `epochs=0` with a given `model`
     keeps its trained weights. Image score: `reduction` of the smoothed map (default: the mean
     of the top 1 % of pixels, the rule lab 5 fixes in advance and keeps unless validation shows
@@ -302,8 +303,9 @@ class ReconstructionDetector(Detector):
                  sigma: float = 4.0, reduction: str = "topk", top_k: float = 0.01,
                  widths: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 16, noise_std: float = 0.0,
                  feature_weight: float = 1e-4, feature_stages: Sequence[int] = (1, 2, 3),
-                 image_size: int | None = None, seed: int = 0, device: torch.device | str | None = None) -> None:
-        super().__init__(sigma, reduction, top_k, batch_size, device)
+                 image_size: int | tuple[int, int] | None = None, resize: str = "pad", seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(sigma, reduction, top_k, batch_size, device, image_size, resize)
         from course_utils.models import ConvAutoencoder
 
         for name, value, kinds in (("loss", loss, ("mse", "ssim", "feature")),
@@ -314,7 +316,7 @@ class ReconstructionDetector(Detector):
         self._model_args = dict(widths=tuple(widths), latent_channels=latent_channels, noise_std=noise_std)
         self.model = ConvAutoencoder(**self._model_args) if model is None else model
         self.loss, self.error, self.epochs, self.lr = loss, error, epochs, lr
-        self.feature_weight, self.image_size, self.seed = feature_weight, image_size, seed
+        self.feature_weight, self.seed = feature_weight, seed
         from course_utils.losses import FeatureLoss
 
         # always built (frozen), so that `error` may be switched to "feature" after fit (lab 6's 2 x 2 ablation)
@@ -332,11 +334,9 @@ class ReconstructionDetector(Detector):
             return SSIMLoss(mse_weight=1.0)
         return lambda recon, x: F.mse_loss(recon, x) + self.feature_weight * self.feature_loss(recon, x)
 
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H, W] at the autoencoder's working size [N, 3, s, s]."""
-        if self.image_size is None or images.shape[-1] == self.image_size == images.shape[-2]:
-            return images
-        return F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True).clamp(0, 1)
+    def _working(self, images: Images) -> torch.Tensor:
+        """Images [N, 3, H, W] (or a list) at the autoencoder's working size [N, 3, s, s], on the CPU."""
+        return self._model_input(images)[0].cpu()
 
     def _fit(self, batches: _Batches) -> None:
         from course_utils.device import seed_everything
@@ -351,20 +351,20 @@ class ReconstructionDetector(Detector):
         seed_everything(self.seed)
         if self._default_model:
             self.model = ConvAutoencoder(**self._model_args)  # fresh weights: fit twice, same result
-        self.history = _train(self.model, self._resize(images), self._loss_fn(), self.epochs, self.lr,
+        self.history = _train(self.model, images, self._loss_fn(), self.epochs, self.lr,
                               self.batch_size, self.device)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions [N, 3, s, s] of images [N, 3, H, W] (s = `image_size` or H), on the CPU."""
         self._require_fit()
-        return anomaly.run_in_batches(self.model, self._resize(images), self.batch_size, self.device)
+        return anomaly.run_in_batches(self.model, self._working(images), self.batch_size, self.device)
 
     @torch.no_grad()
     def error_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (unsmoothed) error maps [N, s, s] of images [N, 3, H, W], by `error`, on the CPU."""
-        x = self._resize(images)  # [N, 3, s, s]
-        recons = self.reconstruct(images)  # [N, 3, s, s]
+        x = self._working(images)  # [N, 3, s, s]
+        recons = self.reconstruct(x)  # [N, 3, s, s]
         if callable(self.error):
             return self.error(x, recons)
         if self.error == "feature":
@@ -374,9 +374,8 @@ class ReconstructionDetector(Detector):
         return anomaly.reconstruction_error_map(x, recons, kind=self.error)  # [N, s, s]
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        errors = self.error_maps(images)  # [N, s, s]
-        sigma = self.sigma * images.shape[-1] / errors.shape[-1]  # sigma was in working pixels
-        return anomaly.to_image_maps(errors, images.shape[-2:], sigma), None  # [N, H, W]
+        errors = self.error_maps(images)  # [N, s, s]: images come at the working size
+        return anomaly.to_image_maps(errors, errors.shape[-2:], self.sigma), None  # [N, s, s], smoothed
 
 
 class _FeatureDetector(Detector):

@@ -78,10 +78,16 @@ def test_chunked_coreset_covers_almost_as_well_as_the_exact_one() -> None:
     assert (chunked >= 3000).any(), "the rare cluster must be kept"
 
 
+@pytest.mark.parametrize("kind", ["patchcore", "autoencoder"])
 @pytest.mark.parametrize("resize", ["pad", "crop", "stretch"])
-def test_maps_come_back_at_each_images_own_size(backbone, resize) -> None:
+def test_maps_come_back_at_each_images_own_size(backbone, resize, kind) -> None:
     train = [_texture_uint8(1, seed=i, size=size)[0] for i, size in enumerate([(48, 80), (64, 40), (56, 56)] * 2)]
-    det = detectors.PatchCore(backbone, coreset_ratio=0.2, image_size=48, resize=resize).fit(train)
+    if kind == "patchcore":
+        det = detectors.PatchCore(backbone, coreset_ratio=0.2, image_size=48, resize=resize).fit(train)
+    else:  # the autoencoder brings images to its working size by the same rule
+        det = detectors.ReconstructionDetector(widths=(8, 16), latent_channels=4, epochs=1, image_size=48,
+                                               resize=resize).fit(train)
+        assert det.reconstruct(train[:2]).shape == (2, 3, 48, 48)
     test = [_texture_uint8(1, seed=10, size=(40, 72))[0], _texture_uint8(1, seed=11, size=(66, 30))[0]]
     scores, maps = det.predict(test)
     assert scores.shape == (2,) and [tuple(m.shape) for m in maps] == [(40, 72), (66, 30)]
