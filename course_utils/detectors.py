@@ -291,9 +291,10 @@ class ReconstructionDetector(Detector):
     feature loss's per-pixel map) or a callable (images, recons) -> [N, H, W]. `image_size`
     (None = the images' own size) and `resize` ("pad", "crop" or "stretch") bring every image to
     the autoencoder's working size, as in the feature detectors, so images of several sizes work;
-    `sigma` is then in pixels of that size, and each map comes back at its image's own size. fit: `seed_everything(seed)`, build the default model, shuffled batches of
-    `batch_size`, Adam(`lr`), `epochs` epochs of `cu.train.fit`; `epochs=0` with a given `model`
-    keeps its trained weights. Image score: `reduction` of the smoothed map (default: the mean
+    `sigma` is then in pixels of that size, and each map comes back at its image's own size.
+    fit: `seed_everything(seed)`, build the default model, shuffled batches of `batch_size`,
+    Adam(`lr`), `epochs` epochs of `cu.train.fit`; `epochs=0` with a given `model` keeps its
+    trained weights. Image score: `reduction` of the smoothed map (default: the mean
     of the top 1 % of pixels, the rule lab 5 fixes in advance and keeps unless validation shows
     another one better beyond the noise).
     """
