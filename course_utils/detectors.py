@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from course_utils import anomaly
 from course_utils.anomaly import _check_images
+from course_utils.data.images import _size_pair
 from course_utils.deploy import Deployable
 from course_utils.deploy import load as load  # cu.detectors.load(path): any saved detector
 
@@ -109,11 +110,6 @@ def as_float_rgb(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def _pair_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) from S or (H, W)."""
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 class _Batches:
     """The images of `source` as model-ready float batches [b, 3, S, S] on the detector's device, one
     `batch_size` chunk at a time (re-iterable; `len` = the number of images; with `keep_sizes`
@@ -162,7 +158,7 @@ class Detector(Deployable, nn.Module):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}.")
         self.sigma, self.reduction, self.top_k, self.batch_size = sigma, reduction, top_k, batch_size
-        self.model_size = None if image_size is None else _pair_size(image_size)
+        self.model_size = None if image_size is None else _size_pair(image_size)
         self.resize = resize
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.register_buffer("fitted", torch.tensor(False))

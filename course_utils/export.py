@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from course_utils import anomaly
+from course_utils.data.images import _size_pair
 
 TOLERANCE = 1e-3
 """How close the exported maps are to PyTorch's: |onnx - torch| <= TOLERANCE x max |torch map| (0.1 % of the
@@ -110,7 +111,7 @@ def _size(detector: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
         image_size = tuple(int(v) for v in detector.fit_size.tolist())
         if min(image_size) <= 0:
             raise ValueError("The detector records no training size: pass image_size=(H, W).")
-    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    return _size_pair(image_size)
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
