@@ -508,9 +508,12 @@ class PatchCore(_FeatureDetector):
 
     def _scaled(self, features: torch.Tensor) -> torch.Tensor:
         """Features [N, D, h, w] with each stage divided by its scale from fit."""
-        sizes = torch.tensor(self.stage_channels, device=features.device)
-        scales = self.stage_scales.to(features.device).repeat_interleave(sizes)  # [D]
-        return features / scales.view(1, -1, 1, 1)  # [N, D, h, w]: every stage counts alike in distances
+        return features / self._channel_scales(features.device).view(1, -1, 1, 1)  # [N, D, h, w]: stages count alike
+
+    def _channel_scales(self, device: torch.device) -> torch.Tensor:
+        """Each channel's stage scale [D]: `stage_scales` [S] repeated over the stage's channels."""
+        sizes = torch.tensor(self.stage_channels, device=device)
+        return self.stage_scales.to(device).repeat_interleave(sizes)  # [D]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features [N, D, h, w] of images [N, 3, H, W], each stage scaled by `stage_scales` (from fit)."""
@@ -530,7 +533,7 @@ class PatchCore(_FeatureDetector):
             bank[filled:filled + len(patches)] = patches
             filled += len(patches)
         self.stage_scales = (norm_sums / filled).float()  # [S] mean feature length per stage
-        bank /= self.stage_scales.repeat_interleave(torch.tensor(self.stage_channels, device=bank.device))  # [N*h*w, D]
+        bank /= self._channel_scales(bank.device)  # [N*h*w, D]
         n = max(1, round(self.coreset_ratio * len(bank)))
         if n < len(bank):
             keep = anomaly.greedy_coreset(bank, n, self.projection_dim, self.seed, chunk_size=self.coreset_chunk)
