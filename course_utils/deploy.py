@@ -33,10 +33,11 @@ FORMAT_VERSION = 1
 class Deployable:
     """What makes a detector saveable and calibratable: mixed into `cu.detectors.Detector`.
 
-    Adds the buffers `threshold` (+inf, i.e. none flagged, until `calibrate`) and `fit_size` ([H, W] of the training
-    images, [0, 0] before fit), the methods `calibrate`, `flag`, `config` and `save`, and the
-    class method `load`. It records the constructor's arguments when the object is created, so
-    `type(det)(**det.config())` builds an unfitted twin of `det`.
+    Adds the buffers `threshold` (+inf, i.e. none flagged, until `calibrate`) and `fit_size` ([H, W]
+    of the training images, set by `Detector.fit` when they come as one tensor; [0, 0] before fit),
+    the methods `calibrate`, `flag`, `config` and `save`, and the class method `load`. It records the
+    constructor's arguments when the object is created, so `type(det)(**det.config())` builds an
+    unfitted twin of `det`.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Deployable":
@@ -49,11 +50,6 @@ class Deployable:
         self.register_buffer("threshold", torch.tensor(float("inf")))  # flag a score >= threshold; inf: not calibrated
         self.register_buffer("fit_size", torch.zeros(2, dtype=torch.long))  # [H, W] of the training images
         self.calibration: dict[str, float] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "fit" in cls.__dict__:  # the class that defines fit (Detector): also record the training size
-            cls.fit = _recording_fit_size(cls.__dict__["fit"])
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments this detector was built with, defaults filled in: {name: value}."""
@@ -142,10 +138,8 @@ class Deployable:
 
     def preprocessing(self) -> dict[str, Any]:
         """How images must look before `predict`: float RGB [N, 3, H, W] in [0, 1], at the training size."""
-        resize = getattr(self, "resize", None)
         return {"input": "float RGB [N, 3, H, W] in [0, 1] (cu.data.read_image)",
-                "fit_size": [int(v) for v in self.fit_size.tolist()],
-                "resize": resize if isinstance(resize, str) else "stretch"}
+                "fit_size": [int(v) for v in self.fit_size.tolist()], "resize": self.resize}
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str | None = None) -> Any:
@@ -253,17 +247,3 @@ def _rebuilt_by_constructor(detector: nn.Module, config: dict[str, Any], state: 
     twin_state = twin.state_dict()
     return {key for key in frozen & set(state)
             if key in twin_state and twin_state[key].shape == state[key].shape and torch.equal(twin_state[key].cpu(), state[key])}
-
-
-def _recording_fit_size(fit: Any) -> Any:
-    """Wrap `Detector.fit` so that it also records the training images' size [H, W] in `fit_size`."""
-    import functools
-
-    @functools.wraps(fit)
-    def wrapper(self, images, *args, **kwargs):
-        result = fit(self, images, *args, **kwargs)
-        if torch.is_tensor(images) and images.dim() == 4:
-            self.fit_size.copy_(torch.tensor(images.shape[-2:]))
-        return result
-
-    return wrapper

@@ -173,6 +173,8 @@ class Detector(Deployable, nn.Module):
         self.to(self.device)
         self._fit(_Batches(self, source))
         self.fitted.fill_(True)
+        if torch.is_tensor(images) and images.dim() == 4:
+            self.fit_size.copy_(torch.tensor(images.shape[-2:]))  # [H, W]: the size export and inspect default to
         self.fit_seconds = time.perf_counter() - start
         return self
 
