@@ -117,6 +117,15 @@ def cuda_summary() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """The text of `/proc/cpuinfo`, read once ("" where there is none, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return cpuinfo.read()
+    except OSError:
+        return ""
+
+
 def cpu_bf16_instructions() -> tuple[str, ...]:
     """The CPU's instruction-set flags for native bfloat16 arithmetic, e.g. `('amx_bf16', 'avx512_bf16')`.
 
@@ -124,12 +133,15 @@ def cpu_bf16_instructions() -> tuple[str, ...]:
     bfloat16 matrices in hardware; without them PyTorch emulates bfloat16 by converting to float32
     and back, which is slower. Read once from `/proc/cpuinfo` (Linux); elsewhere the tuple is empty.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = {word for line in cpuinfo if line.startswith(("flags", "Features")) for word in line.split()}
-    except OSError:
-        return ()
+    lines = _cpuinfo().splitlines()
+    flags = {word for line in lines if line.startswith(("flags", "Features")) for word in line.split()}
     return tuple(sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"}))
+
+
+def cpu_name() -> str:
+    """The CPU's model name from `/proc/cpuinfo`, e.g. "AMD EPYC" ("unknown" where there is none)."""
+    names = (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name"))
+    return next(names, "unknown")
 
 
 @contextlib.contextmanager

@@ -122,16 +122,17 @@ def test_env_report_warns_about_a_mismatched_torchvision():
 
 def test_cpu_bf16_instructions_reads_the_flags(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    cpuinfo.write_text("processor: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-    dev.cpu_bf16_instructions.cache_clear()
+    dev._cpuinfo.cache_clear()
     assert dev.cpu_bf16_instructions() == ("amx_bf16", "avx512_bf16")
+    assert dev.cpu_name() == "Test CPU 9000"
     cpuinfo.write_text("flags: fpu sse2 avx2\n")
     assert dev.cpu_bf16_instructions() == ("amx_bf16", "avx512_bf16")  # read once: a training step must not read files
-    dev.cpu_bf16_instructions.cache_clear()
-    assert dev.cpu_bf16_instructions() == ()
-    dev.cpu_bf16_instructions.cache_clear()  # the next caller reads the real /proc/cpuinfo
+    dev._cpuinfo.cache_clear()
+    assert dev.cpu_bf16_instructions() == () and dev.cpu_name() == "unknown"
+    dev._cpuinfo.cache_clear()  # the next caller reads the real /proc/cpuinfo
 
 
 def test_torch_threads_sets_and_restores_the_thread_count():
